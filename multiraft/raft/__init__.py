@@ -1,0 +1,1 @@
+"""One group's Raft as a pure state machine: no I/O, no clock, no global randomness."""
