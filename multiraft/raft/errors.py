@@ -1,0 +1,37 @@
+"""Typed errors of the core. Each says whose fault it is.
+
+Assertions inside the core catch *our* bugs. These exceptions are for callers:
+a client proposing to a follower, an operator asking for an unsafe change.
+Bad messages from peers are not errors at all: Raft ignores stale or
+nonsensical messages and counts them (see RaftState.stats).
+"""
+
+from __future__ import annotations
+
+
+class RaftError(Exception):
+    """Base of every error the core raises to its caller."""
+
+
+class ProposalDropped(RaftError):
+    """The proposal was not appended; the client may retry (possibly elsewhere).
+
+    `leader` is a hint: the leader this node believes in, or None.
+    """
+
+    def __init__(self, reason: str, leader: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.leader = leader
+
+
+class NotLeader(ProposalDropped):
+    """This node is not the leader: the caller's fault; retry at `leader`."""
+
+
+class Busy(ProposalDropped):
+    """A limit was reached (uncommitted bytes, a transfer in progress): retry later."""
+
+
+class ConfChangeRejected(RaftError):
+    """The membership change is unsafe or malformed: the operator's fault."""
