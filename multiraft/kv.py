@@ -1,0 +1,911 @@
+"""The default replicated state machine: a byte-string key-value store.
+
+`KVStateMachine` implements `multiraft.statemachine.StreamingStateMachine`.
+Keys and values are `bytes`. Every replica of a group applies the same
+committed commands in the same order and must reach the same state, so
+everything here is deterministic and total (see the contract in
+`multiraft.statemachine`).
+
+Layering (DESIGN §3): stdlib, attrs, and the stdlib-only
+`multiraft.statemachine` protocol module; never cbor2 or trio. Commands are
+therefore encoded here with `struct`.
+
+Commands
+--------
+`Put(key, value)`, `Delete(key)`, `Cas(key, expected, new)` are writes and
+carry `(client_id, seq)` for exactly-once application (Raft thesis §6.3).
+`Get(key)` may also travel through the log (e.g. for a simulator that wants
+reads ordered like writes); `Noop()` does nothing. Empty data (`b""`, a new
+leader's empty entry) is also a no-op.
+
+Command format, version 1 (all integers big-endian, unsigned)::
+
+    u8 version (=1) | u8 op | body
+    NOOP   (op 0): nothing
+    PUT    (op 1): u64 client_id | u64 seq | blob key | blob value
+    DELETE (op 2): u64 client_id | u64 seq | blob key
+    CAS    (op 3): u64 client_id | u64 seq | blob key | opt expected | opt new
+    GET    (op 4): blob key
+    blob = u32 length | bytes;   opt = u8 0 (None) | u8 1, blob
+
+A command decodes only if it is exactly this, with nothing after it, and its
+key and value fit the limits. Anything else applies as `InvalidCommand` and
+changes nothing but `applied_index`.
+
+Exactly-once sessions
+---------------------
+`client_id == 0` means "no session": the command always applies. Otherwise
+the session table remembers, per client, the last applied `seq`, the index it
+was applied at and its result:
+
+- `seq == last seq`: a retry; the cached result is returned, nothing applies;
+- `seq <  last seq`: a stale, delayed request; `StaleRequest` is returned,
+  nothing applies, the session is unchanged;
+- `seq >  last seq` (or no session): the command applies; the session records
+  it.
+
+The table holds at most `sessions_max` clients. When a new client arrives at a
+full table, the session with the oldest last-applied index is evicted. Indexes
+are unique per entry, so there are no ties and every replica evicts the same
+client. An evicted client's retry is treated as new and applies again: size
+`sessions_max` above the number of clients concurrently writing to one group.
+Cached results include `CasResult.current`, so the table may hold up to
+`sessions_max` values.
+
+Configuration (`sessions_max`, `key_size_bytes_max`, `value_size_bytes_max`)
+decides results, so it must be the same on every replica of a group.
+
+Snapshot format, version 1 (big-endian, no checksum: the snapshot store and
+the transport checksum it; every length and count is checked, the encoding is
+canonical and nothing may follow it)::
+
+    b"MRKV" | u8 version (=1) | u64 applied_index
+    u32 session_count, then per session in increasing last_index:
+        u64 client_id (!= 0) | u64 last_seq | u64 last_index (<= applied_index)
+        | result: u8 tag, then
+            tag 1 PutResult:    u8 prev_existed (0/1)
+            tag 2 DeleteResult: u8 existed (0/1)
+            tag 3 CasResult:    u8 ok (0/1) | opt current
+    u64 key_count, then per key in strictly increasing byte order:
+        blob key | blob value
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+
+import attrs
+
+from multiraft.statemachine import ApplyOrderError
+
+__all__ = [
+    "COMMAND_FORMAT_VERSION",
+    "KEY_SIZE_BYTES_MAX",
+    "SESSIONS_MAX",
+    "SNAPSHOT_FORMAT_VERSION",
+    "SNAPSHOT_MAGIC",
+    "VALUE_SIZE_BYTES_MAX",
+    "ApplyOrderError",
+    "Cas",
+    "CasResult",
+    "Command",
+    "CommandDecodeError",
+    "Count",
+    "CountResult",
+    "Delete",
+    "DeleteResult",
+    "Get",
+    "GetResult",
+    "InvalidCommand",
+    "KVCommandError",
+    "KVError",
+    "KVStateMachine",
+    "Noop",
+    "Put",
+    "PutResult",
+    "Scan",
+    "ScanResult",
+    "SnapshotFormatError",
+    "StaleRequest",
+    "decode_command",
+    "encode_command",
+]
+
+KEY_SIZE_BYTES_MAX = 64 * 1024
+VALUE_SIZE_BYTES_MAX = 1024 * 1024
+SESSIONS_MAX = 10_000
+
+COMMAND_FORMAT_VERSION = 1
+SNAPSHOT_FORMAT_VERSION = 1
+SNAPSHOT_MAGIC = b"MRKV"
+
+_U64_LIMIT = 1 << 64
+
+OP_NOOP = 0
+OP_PUT = 1
+OP_DELETE = 2
+OP_CAS = 3
+OP_GET = 4
+
+_U8 = struct.Struct(">B")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_HEAD = struct.Struct(">BB")
+_WRITE_HEAD = struct.Struct(">BBQQI")  # version, op, client_id, seq, key length
+_SESSION_IDS = struct.Struct(">QQ")
+_SNAP_HEAD = struct.Struct(">4sBQI")  # magic, version, applied_index, session_count
+_SNAP_SESSION = struct.Struct(">QQQB")  # client_id, last_seq, last_index, result tag
+
+_RESULT_PUT = 1
+_RESULT_DELETE = 2
+_RESULT_CAS = 3
+
+
+# --- errors ---------------------------------------------------------------
+
+
+class KVError(Exception):
+    """Base of the KV state machine's typed errors."""
+
+
+class KVCommandError(KVError, ValueError):
+    """The caller built or encoded a command wrongly (the caller's fault):
+    wrong types, integers out of range, a key or value over its limit."""
+
+
+class CommandDecodeError(KVCommandError):
+    """Bytes that are not a valid command (the sender's fault).
+
+    `apply` never lets this escape: it returns `InvalidCommand` instead.
+    """
+
+
+class SnapshotFormatError(KVError, ValueError):
+    """Bytes that are not a valid KV snapshot (the snapshot's producer's or the
+    transport's fault). Raised by `restore`, which then changes nothing."""
+
+
+# --- commands -------------------------------------------------------------
+
+
+@attrs.frozen
+class Noop:
+    """Does nothing; applies as `None`."""
+
+
+@attrs.frozen
+class Get:
+    """Read `key` through the log (or, via `KVStateMachine.read`, outside it)."""
+
+    key: bytes
+
+
+@attrs.frozen
+class Put:
+    """Set `key` to `value`."""
+
+    key: bytes
+    value: bytes
+    client_id: int = 0
+    seq: int = 0
+
+
+@attrs.frozen
+class Delete:
+    """Remove `key` (absent is not an error)."""
+
+    key: bytes
+    client_id: int = 0
+    seq: int = 0
+
+
+@attrs.frozen
+class Cas:
+    """Compare-and-set: if the key's value is `expected` (None: the key must be
+    absent), set it to `new` (None: delete it)."""
+
+    key: bytes
+    expected: bytes | None
+    new: bytes | None
+    client_id: int = 0
+    seq: int = 0
+
+
+Command = Noop | Get | Put | Delete | Cas
+
+
+# --- read-only queries (KVStateMachine.read only; never in the log) -------
+
+
+@attrs.frozen
+class Scan:
+    """Up to `limit` pairs (None: all) with key >= `start` and key starting with
+    `prefix`, in increasing key order."""
+
+    start: bytes = b""
+    prefix: bytes = b""
+    limit: int | None = None
+
+
+@attrs.frozen
+class Count:
+    """The number of keys."""
+
+
+# --- results --------------------------------------------------------------
+
+
+@attrs.frozen
+class PutResult:
+    prev_existed: bool
+
+
+@attrs.frozen
+class DeleteResult:
+    existed: bool
+
+
+@attrs.frozen
+class CasResult:
+    """`ok`: whether the swap happened. `current`: the key's value after the
+    command (the new value when ok, the unexpected value found when not)."""
+
+    ok: bool
+    current: bytes | None
+
+
+@attrs.frozen
+class GetResult:
+    value: bytes | None
+
+
+@attrs.frozen
+class ScanResult:
+    items: tuple[tuple[bytes, bytes], ...]
+
+
+@attrs.frozen
+class CountResult:
+    count: int
+
+
+@attrs.frozen
+class StaleRequest:
+    """`seq` is older than the client's last applied `last_seq`: a delayed
+    duplicate. Nothing was applied; the client has already had its answer."""
+
+    client_id: int
+    seq: int
+    last_seq: int
+
+
+@attrs.frozen
+class InvalidCommand:
+    """The entry's bytes were not a valid command. Nothing was applied."""
+
+    reason: str
+
+
+WriteResult = PutResult | DeleteResult | CasResult
+
+
+# --- command codec --------------------------------------------------------
+
+
+def _check_blob(value: object, what: str, size_bytes_max: int) -> bytes:
+    if type(value) is not bytes:
+        raise KVCommandError(f"{what} must be bytes, not {type(value).__name__}")
+    if len(value) > size_bytes_max:
+        raise KVCommandError(
+            f"{what} of {len(value)} bytes exceeds the limit of {size_bytes_max} bytes"
+        )
+    return value
+
+
+def _check_u64(value: object, what: str) -> int:
+    if type(value) is not int or not 0 <= value < _U64_LIMIT:
+        raise KVCommandError(f"{what} must be an int in [0, 2**64), not {value!r}")
+    return value
+
+
+def _opt_blob(value: bytes | None) -> bytes:
+    if value is None:
+        return b"\x00"
+    return b"\x01" + _U32.pack(len(value)) + value
+
+
+def encode_command(
+    cmd: Command,
+    *,
+    key_size_bytes_max: int = KEY_SIZE_BYTES_MAX,
+    value_size_bytes_max: int = VALUE_SIZE_BYTES_MAX,
+) -> bytes:
+    """Encode a command for the log. Deterministic: equal commands give equal
+    bytes. Raises `KVCommandError` for a malformed or oversized command."""
+    kind = type(cmd)
+    if kind is Put:
+        key = _check_blob(cmd.key, "key", key_size_bytes_max)
+        value = _check_blob(cmd.value, "value", value_size_bytes_max)
+        head = _WRITE_HEAD.pack(
+            COMMAND_FORMAT_VERSION,
+            OP_PUT,
+            _check_u64(cmd.client_id, "client_id"),
+            _check_u64(cmd.seq, "seq"),
+            len(key),
+        )
+        return b"".join((head, key, _U32.pack(len(value)), value))
+    if kind is Delete:
+        key = _check_blob(cmd.key, "key", key_size_bytes_max)
+        head = _WRITE_HEAD.pack(
+            COMMAND_FORMAT_VERSION,
+            OP_DELETE,
+            _check_u64(cmd.client_id, "client_id"),
+            _check_u64(cmd.seq, "seq"),
+            len(key),
+        )
+        return head + key
+    if kind is Cas:
+        key = _check_blob(cmd.key, "key", key_size_bytes_max)
+        expected = cmd.expected
+        if expected is not None:
+            _check_blob(expected, "expected value", value_size_bytes_max)
+        new = cmd.new
+        if new is not None:
+            _check_blob(new, "new value", value_size_bytes_max)
+        head = _WRITE_HEAD.pack(
+            COMMAND_FORMAT_VERSION,
+            OP_CAS,
+            _check_u64(cmd.client_id, "client_id"),
+            _check_u64(cmd.seq, "seq"),
+            len(key),
+        )
+        return b"".join((head, key, _opt_blob(expected), _opt_blob(new)))
+    if kind is Get:
+        key = _check_blob(cmd.key, "key", key_size_bytes_max)
+        return b"".join((_HEAD.pack(COMMAND_FORMAT_VERSION, OP_GET), _U32.pack(len(key)), key))
+    if kind is Noop:
+        return _HEAD.pack(COMMAND_FORMAT_VERSION, OP_NOOP)
+    raise KVCommandError(f"not a KV command: {cmd!r}")
+
+
+def _read_blob(data: bytes, pos: int, what: str, size_bytes_max: int) -> tuple[bytes, int]:
+    end = pos + 4
+    if end > len(data):
+        raise CommandDecodeError(f"truncated: no length for {what} at offset {pos}")
+    (length,) = _U32.unpack_from(data, pos)
+    if length > size_bytes_max:
+        raise CommandDecodeError(
+            f"{what} of {length} bytes exceeds the limit of {size_bytes_max} bytes"
+        )
+    stop = end + length
+    if stop > len(data):
+        raise CommandDecodeError(
+            f"truncated: {what} of {length} bytes at offset {end}, "
+            f"only {len(data) - end} bytes left"
+        )
+    return data[end:stop], stop
+
+
+def _read_opt_blob(
+    data: bytes, pos: int, what: str, size_bytes_max: int
+) -> tuple[bytes | None, int]:
+    if pos >= len(data):
+        raise CommandDecodeError(f"truncated: no presence flag for {what} at offset {pos}")
+    flag = data[pos]
+    if flag == 0:
+        return None, pos + 1
+    if flag == 1:
+        return _read_blob(data, pos + 1, what, size_bytes_max)
+    raise CommandDecodeError(f"bad presence flag {flag} for {what} at offset {pos}")
+
+
+def _expect_end(data: bytes, pos: int) -> None:
+    if pos != len(data):
+        raise CommandDecodeError(f"{len(data) - pos} trailing bytes after the command")
+
+
+def decode_command(
+    data: bytes,
+    *,
+    key_size_bytes_max: int = KEY_SIZE_BYTES_MAX,
+    value_size_bytes_max: int = VALUE_SIZE_BYTES_MAX,
+) -> Command:
+    """Decode bytes from `encode_command`. Strict: raises `CommandDecodeError`
+    for anything `encode_command` could not have produced under these limits.
+    Error messages depend only on `data` and the limits (they are results that
+    replicas must agree on)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CommandDecodeError(f"a command is bytes, not {type(data).__name__}")
+    data = bytes(data)
+    size = len(data)
+    if size < 2:
+        raise CommandDecodeError(f"truncated: {size} bytes, a command has at least 2")
+    version = data[0]
+    if version != COMMAND_FORMAT_VERSION:
+        raise CommandDecodeError(f"unsupported command format version {version}")
+    op = data[1]
+    if op in (OP_PUT, OP_DELETE, OP_CAS):
+        if size < 18:
+            raise CommandDecodeError(f"truncated: {size} bytes, a write has at least 18")
+        client_id, seq = _SESSION_IDS.unpack_from(data, 2)
+        key, pos = _read_blob(data, 18, "key", key_size_bytes_max)
+        if op == OP_PUT:
+            value, pos = _read_blob(data, pos, "value", value_size_bytes_max)
+            _expect_end(data, pos)
+            return Put(key, value, client_id, seq)
+        if op == OP_DELETE:
+            _expect_end(data, pos)
+            return Delete(key, client_id, seq)
+        expected, pos = _read_opt_blob(data, pos, "expected value", value_size_bytes_max)
+        new, pos = _read_opt_blob(data, pos, "new value", value_size_bytes_max)
+        _expect_end(data, pos)
+        return Cas(key, expected, new, client_id, seq)
+    if op == OP_GET:
+        key, pos = _read_blob(data, 2, "key", key_size_bytes_max)
+        _expect_end(data, pos)
+        return Get(key)
+    if op == OP_NOOP:
+        _expect_end(data, 2)
+        return Noop()
+    raise CommandDecodeError(f"unknown command op {op}")
+
+
+# --- snapshot reading -----------------------------------------------------
+
+
+class _ChunkReader:
+    """Reads exact-size fields from an iterable of byte chunks; running out of
+    data is a SnapshotFormatError."""
+
+    __slots__ = ("_chunks", "_buf", "_pos")
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buf = bytearray()
+        self._pos = 0
+
+    def _pull(self, size: int, what: str) -> None:
+        # Make at least `size` bytes available at self._pos.
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        while len(self._buf) < size:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                raise SnapshotFormatError(
+                    f"truncated: {what} needs {size} bytes, {len(self._buf)} left"
+                ) from None
+            if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                raise SnapshotFormatError(
+                    f"snapshot chunks are bytes, not {type(chunk).__name__}"
+                )
+            self._buf += chunk
+
+    def take(self, size: int, what: str) -> bytes:
+        pos = self._pos
+        if len(self._buf) - pos < size:
+            self._pull(size, what)
+            pos = 0
+        self._pos = pos + size
+        return bytes(self._buf[pos : pos + size])
+
+    def unpack(self, st: struct.Struct, what: str) -> tuple:
+        pos = self._pos
+        if len(self._buf) - pos < st.size:
+            self._pull(st.size, what)
+            pos = 0
+        self._pos = pos + st.size
+        return st.unpack_from(self._buf, pos)
+
+    def blob(self, what: str) -> bytes:
+        (length,) = self.unpack(_U32, f"{what} length")
+        return self.take(length, what)
+
+    def flag(self, what: str) -> bool:
+        (value,) = self.unpack(_U8, what)
+        if value > 1:
+            raise SnapshotFormatError(f"{what} is {value}, expected 0 or 1")
+        return value == 1
+
+    def opt_blob(self, what: str) -> bytes | None:
+        return self.blob(what) if self.flag(f"{what} presence") else None
+
+    def at_end(self) -> bool:
+        if len(self._buf) > self._pos:
+            return False
+        for chunk in self._chunks:
+            if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                raise SnapshotFormatError(
+                    f"snapshot chunks are bytes, not {type(chunk).__name__}"
+                )
+            if len(chunk):
+                return False
+        return True
+
+
+def _encode_result(result: WriteResult) -> bytes:
+    kind = type(result)
+    if kind is PutResult:
+        return b"\x01\x01" if result.prev_existed else b"\x01\x00"
+    if kind is DeleteResult:
+        return b"\x02\x01" if result.existed else b"\x02\x00"
+    if kind is CasResult:
+        return (b"\x03\x01" if result.ok else b"\x03\x00") + _opt_blob(result.current)
+    raise AssertionError(f"not a cacheable result: {result!r}")
+
+
+def _decode_result(tag: int, reader: _ChunkReader) -> WriteResult:
+    if tag == _RESULT_PUT:
+        return PutResult(reader.flag("PutResult.prev_existed"))
+    if tag == _RESULT_DELETE:
+        return DeleteResult(reader.flag("DeleteResult.existed"))
+    if tag == _RESULT_CAS:
+        ok = reader.flag("CasResult.ok")
+        return CasResult(ok, reader.opt_blob("CasResult.current"))
+    raise SnapshotFormatError(f"unknown session result tag {tag}")
+
+
+# Session: (last_seq, last_index, result)
+_Session = tuple[int, int, WriteResult]
+
+
+def _image_pieces(
+    applied_index: int,
+    sessions: list[tuple[int, _Session]],
+    keys: list[bytes],
+    data: dict[bytes, bytes],
+) -> Iterator[bytes]:
+    """The snapshot image, as many small pieces (see the module docstring)."""
+    yield _SNAP_HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, applied_index, len(sessions))
+    for client_id, (last_seq, last_index, result) in sessions:
+        yield _SESSION_IDS.pack(client_id, last_seq) + _U64.pack(last_index)
+        yield _encode_result(result)
+    yield _U64.pack(len(keys))
+    pack = _U32.pack
+    for key in keys:
+        value = data[key]
+        yield pack(len(key))
+        yield key
+        yield pack(len(value))
+        yield value
+
+
+# --- the state machine ----------------------------------------------------
+
+
+class KVStateMachine:
+    """A deterministic byte-string KV store with exactly-once client sessions.
+
+    Implements `multiraft.statemachine.StreamingStateMachine`. Not thread-safe;
+    one owner (a group's apply loop) calls it.
+    """
+
+    def __init__(
+        self,
+        *,
+        sessions_max: int = SESSIONS_MAX,
+        key_size_bytes_max: int = KEY_SIZE_BYTES_MAX,
+        value_size_bytes_max: int = VALUE_SIZE_BYTES_MAX,
+    ) -> None:
+        for name, value in (
+            ("sessions_max", sessions_max),
+            ("key_size_bytes_max", key_size_bytes_max),
+            ("value_size_bytes_max", value_size_bytes_max),
+        ):
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, not {value!r}")
+        self.sessions_max = sessions_max
+        self.key_size_bytes_max = key_size_bytes_max
+        self.value_size_bytes_max = value_size_bytes_max
+
+        self._applied_index = 0
+        self._data: dict[bytes, bytes] = {}
+        # client_id -> (last_seq, last_index, result), ordered by last_index
+        # ascending: indexes only grow, so moving an updated session to the end
+        # keeps the order, and the first item is the one to evict.
+        self._sessions: OrderedDict[int, _Session] = OrderedDict()
+        # Sorted key view, maintained lazily (scans and snapshots are rare,
+        # writes are not): set(_sorted) - _removed | _added == set(_data), with
+        # _removed a subset of set(_sorted) and _added disjoint from it.
+        self._sorted: list[bytes] = []
+        self._added: set[bytes] = set()
+        self._removed: set[bytes] = set()
+
+    # --- StateMachine ---
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    def apply(self, index: int, data: bytes) -> object:
+        """Apply the committed entry `index`; return the client's result.
+
+        Results: `PutResult`, `DeleteResult`, `CasResult`, `GetResult`, `None`
+        (Noop or empty data), `StaleRequest` or `InvalidCommand`. Raises only
+        `ApplyOrderError` (index <= applied_index: a driver bug).
+        """
+        if index <= self._applied_index:
+            raise ApplyOrderError(index, self._applied_index)
+        self._applied_index = index
+        if not data:
+            return None
+        try:
+            cmd = decode_command(
+                data,
+                key_size_bytes_max=self.key_size_bytes_max,
+                value_size_bytes_max=self.value_size_bytes_max,
+            )
+        except CommandDecodeError as exc:
+            return InvalidCommand(str(exc))
+        kind = type(cmd)
+        if kind is Get:
+            return GetResult(self._data.get(cmd.key))
+        if kind is Noop:
+            return None
+
+        client_id = cmd.client_id
+        session = None
+        if client_id:
+            session = self._sessions.get(client_id)
+            if session is not None:
+                last_seq = session[0]
+                if cmd.seq == last_seq:
+                    return session[2]
+                if cmd.seq < last_seq:
+                    return StaleRequest(client_id, cmd.seq, last_seq)
+
+        if kind is Put:
+            result: WriteResult = self._put(cmd.key, cmd.value)
+        elif kind is Delete:
+            result = DeleteResult(self._delete(cmd.key))
+        else:
+            result = self._cas(cmd.key, cmd.expected, cmd.new)
+
+        if client_id and self.sessions_max:
+            sessions = self._sessions
+            if session is None:
+                if len(sessions) >= self.sessions_max:
+                    sessions.popitem(last=False)
+            else:
+                sessions.move_to_end(client_id)
+            sessions[client_id] = (cmd.seq, index, result)
+        return result
+
+    def read(self, query: object) -> object:
+        """Answer a read-only query from the current state, outside the log.
+
+        `query` is a `Get`, `Scan` or `Count`, or the encoded bytes of a `Get`.
+        Returns `GetResult`, `ScanResult` or `CountResult`; `InvalidCommand`
+        for bytes that are not an encoded `Get`. Raises `KVCommandError` for
+        any other object (a caller bug).
+        """
+        kind = type(query)
+        if kind is Get:
+            return GetResult(self._data.get(query.key))
+        if kind is Scan:
+            return ScanResult(tuple(self.scan(query.start, query.limit, prefix=query.prefix)))
+        if kind is Count:
+            return CountResult(len(self._data))
+        if isinstance(query, (bytes, bytearray, memoryview)):
+            try:
+                cmd = decode_command(
+                    query,
+                    key_size_bytes_max=self.key_size_bytes_max,
+                    value_size_bytes_max=self.value_size_bytes_max,
+                )
+            except CommandDecodeError as exc:
+                return InvalidCommand(str(exc))
+            if type(cmd) is not Get:
+                return InvalidCommand(f"read accepts only Get, not {type(cmd).__name__}")
+            return GetResult(self._data.get(cmd.key))
+        raise KVCommandError(f"not a KV read query: {query!r}")
+
+    def snapshot(self) -> bytes:
+        """The whole state as deterministic bytes (see the module docstring)."""
+        self._sync_sorted()
+        return b"".join(
+            _image_pieces(
+                self._applied_index, list(self._sessions.items()), self._sorted, self._data
+            )
+        )
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot image. Raises
+        `SnapshotFormatError` (and changes nothing) if `data` is not one."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise SnapshotFormatError(f"a snapshot is bytes, not {type(data).__name__}")
+        self.restore_chunks((data,))
+
+    def snapshot_chunks(self, chunk_size_bytes: int) -> Iterator[bytes]:
+        """`snapshot()` as chunks of exactly `chunk_size_bytes` (the last one
+        shorter, never empty).
+
+        The image is captured when this is called (a shallow copy: O(keys) time,
+        values are shared), so the owner may keep applying while a consumer
+        drains the iterator.
+        """
+        if type(chunk_size_bytes) is not int or chunk_size_bytes < 1:
+            raise ValueError(f"chunk_size_bytes must be an int >= 1, not {chunk_size_bytes!r}")
+        self._sync_sorted()
+        pieces = _image_pieces(
+            self._applied_index,
+            list(self._sessions.items()),
+            list(self._sorted),
+            dict(self._data),
+        )
+        return _rechunk(pieces, chunk_size_bytes)
+
+    def restore_chunks(self, chunks: Iterable[bytes]) -> None:
+        """`restore` from an iterable of byte chunks (any split of the image).
+
+        The new state is built aside and installed only once the whole image
+        has been read and checked: on `SnapshotFormatError` nothing changes.
+        If the image holds more sessions than `sessions_max`, the oldest are
+        dropped, as `apply` would have evicted them.
+        """
+        reader = _ChunkReader(chunks)
+        magic, version, applied_index, session_count = reader.unpack(_SNAP_HEAD, "header")
+        if magic != SNAPSHOT_MAGIC:
+            raise SnapshotFormatError(f"bad magic {magic!r}, expected {SNAPSHOT_MAGIC!r}")
+        if version != SNAPSHOT_FORMAT_VERSION:
+            raise SnapshotFormatError(f"unsupported snapshot format version {version}")
+
+        sessions: OrderedDict[int, _Session] = OrderedDict()
+        previous_index = 0
+        for _ in range(session_count):
+            client_id, last_seq, last_index, tag = reader.unpack(_SNAP_SESSION, "session")
+            if client_id == 0:
+                raise SnapshotFormatError("session for client_id 0")
+            if client_id in sessions:
+                raise SnapshotFormatError(f"duplicate session for client_id {client_id}")
+            if not previous_index < last_index <= applied_index:
+                raise SnapshotFormatError(
+                    f"session last_index {last_index} not in ({previous_index}, "
+                    f"{applied_index}]: sessions must be in increasing index order"
+                )
+            previous_index = last_index
+            sessions[client_id] = (last_seq, last_index, _decode_result(tag, reader))
+
+        (key_count,) = reader.unpack(_U64, "key count")
+        data: dict[bytes, bytes] = {}
+        keys: list[bytes] = []
+        previous_key: bytes | None = None
+        for _ in range(key_count):
+            key = reader.blob("key")
+            if previous_key is not None and key <= previous_key:
+                raise SnapshotFormatError(
+                    "keys not in strictly increasing order "
+                    f"({len(keys)}th key after its predecessor)"
+                )
+            data[key] = reader.blob("value")
+            keys.append(key)
+            previous_key = key
+        if not reader.at_end():
+            raise SnapshotFormatError("trailing bytes after the snapshot")
+
+        while len(sessions) > self.sessions_max:
+            sessions.popitem(last=False)
+        self._applied_index = applied_index
+        self._sessions = sessions
+        self._data = data
+        self._sorted = keys
+        self._added = set()
+        self._removed = set()
+
+    # --- local queries (not linearizable by themselves; see read) ---
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def scan(
+        self, start: bytes = b"", limit: int | None = None, *, prefix: bytes = b""
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (None: no limit) (key, value) pairs with key >= start
+        and key.startswith(prefix), in increasing key order.
+
+        To page (Redis SCAN), pass `last_key + b"\\x00"` as the next start.
+        The first call after writes that created or deleted keys costs O(keys)
+        to bring the sorted view up to date.
+        """
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
+        self._sync_sorted()
+        keys = self._sorted
+        data = self._data
+        i = bisect.bisect_left(keys, max(start, prefix))
+        out: list[tuple[bytes, bytes]] = []
+        n = len(keys)
+        while i < n and (limit is None or len(out) < limit):
+            key = keys[i]
+            if not key.startswith(prefix):
+                break
+            out.append((key, data[key]))
+            i += 1
+        return out
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def check_invariants(self) -> None:
+        """Assert the internal invariants (tests and the simulator call this)."""
+        assert 0 <= len(self._sessions) <= self.sessions_max, len(self._sessions)
+        previous = 0
+        for client_id, (_seq, last_index, _result) in self._sessions.items():
+            assert client_id != 0
+            assert previous < last_index <= self._applied_index, (previous, last_index)
+            previous = last_index
+        sorted_set = set(self._sorted)
+        assert len(sorted_set) == len(self._sorted)
+        assert self._removed <= sorted_set
+        assert not (self._added & sorted_set)
+        assert (sorted_set - self._removed) | self._added == self._data.keys()
+        assert all(a < b for a, b in zip(self._sorted, self._sorted[1:]))
+
+    # --- internals ---
+
+    def _put(self, key: bytes, value: bytes) -> PutResult:
+        data = self._data
+        existed = key in data
+        data[key] = value
+        if not existed:
+            self._created(key)
+        return PutResult(existed)
+
+    def _delete(self, key: bytes) -> bool:
+        data = self._data
+        if key not in data:
+            return False
+        del data[key]
+        if key in self._added:
+            self._added.discard(key)
+        else:
+            self._removed.add(key)
+        return True
+
+    def _cas(self, key: bytes, expected: bytes | None, new: bytes | None) -> CasResult:
+        current = self._data.get(key)
+        if current != expected:
+            return CasResult(False, current)
+        if new is None:
+            self._delete(key)
+        else:
+            self._put(key, new)
+        return CasResult(True, new)
+
+    def _created(self, key: bytes) -> None:
+        if key in self._removed:
+            self._removed.discard(key)
+        else:
+            self._added.add(key)
+
+    def _sync_sorted(self) -> None:
+        if self._removed:
+            removed = self._removed
+            self._sorted = [k for k in self._sorted if k not in removed]
+            self._removed = set()
+        if self._added:
+            # Two sorted runs: timsort merges them in linear time.
+            self._sorted.extend(sorted(self._added))
+            self._sorted.sort()
+            self._added = set()
+
+
+def _rechunk(pieces: Iterator[bytes], chunk_size_bytes: int) -> Iterator[bytes]:
+    buf = bytearray()
+    for piece in pieces:
+        buf += piece
+        if len(buf) >= chunk_size_bytes:
+            end = len(buf) - len(buf) % chunk_size_bytes
+            for pos in range(0, end, chunk_size_bytes):
+                yield bytes(buf[pos : pos + chunk_size_bytes])
+            del buf[:end]
+    if buf:
+        yield bytes(buf)
