@@ -122,6 +122,7 @@ class RaftState:
         self._bcast_pending = False
         self.lead_transferee: NodeId | None = None
         self._transfer_started_this_term = False
+        self._campaign_forced = False  # this candidacy came from TimeoutNow
 
         # ReadIndex state (leader): numbered heartbeat rounds.
         self._round = 0
@@ -137,6 +138,9 @@ class RaftState:
             self.log.pending_snapshot = None  # already durable
             self.snapshot = snapshot
             self.conf = snapshot.meta.conf_state
+        if snapshot is not None:
+            # The snapshot covers these (a log compacted with a lag keeps some).
+            entries = [e for e in entries if e.index > snapshot.meta.index]
         if entries:
             self.log.append(list(entries))
             self.log.stable_index = self.log.last_index()
@@ -438,6 +442,8 @@ class RaftState:
         self.leader = self.id
         self._reset_common()
         self.counters["elections"] += 1
+        if self._campaign_forced:
+            self.counters["leader_transfers"] += 1
         for pr in self.progress.values():
             pr.recent_active = True
         # Conf changes proposed by an earlier leader may sit uncommitted in our
@@ -516,9 +522,11 @@ class RaftState:
             self._become_candidate()
             vote_type, term = MT.VOTE, self.term
         self._votes[self.id] = True
+        self._campaign_forced = forced
         if self._tally() == quorum.VoteResult.WON:
             self._won_poll(vote_type)
             return
+        self._campaign_forced = forced
         ctx = TRANSFER_CONTEXT if forced else None
         li, lt = self.log.last_index(), self.log.last_term()
         for node in sorted(self.conf.all_voters()):
