@@ -1,0 +1,229 @@
+"""Simulated nodes: each node has workers, each worker a disk and some groups.
+
+A Replica drives one RaftState the way a worker does: take a Ready, send the
+leader's messages at once, persist (taking `disk latency` steps), then send the
+acknowledgements, apply committed entries to the KV state machine, answer
+reads, advance, and take snapshots when the log grows.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Callable
+
+import attrs
+
+from multiraft import kv
+from multiraft.raft.config import Config
+from multiraft.raft.state import RaftState
+from multiraft.raft.types import EntryType, Ready, ReadOnlyOption, StateRole
+
+from .disk import SimDisk
+from .options import SimOptions
+
+if TYPE_CHECKING:
+    from .run import Sim
+
+
+@attrs.define
+class Waiter:
+    client: int
+    op_id: int
+    term: int
+
+
+@attrs.define
+class ReadWaiter:
+    client: int
+    op_id: int
+    key: bytes
+    index: int = -1  # set when the ReadState arrives
+
+
+class Replica:
+    def __init__(
+        self,
+        node: "SimNode",
+        group: int,
+        raft: RaftState,
+        sm: kv.KVStateMachine,
+    ) -> None:
+        self.node = node
+        self.group = group
+        self.raft = raft
+        self.kv = sm
+        self.inflight: Ready | None = None
+        self.inflight_done_at = 0
+        self.waiters: dict[int, Waiter] = {}
+        self.read_waiters: dict[bytes, ReadWaiter] = {}
+        self.last_role = raft.role
+        self.last_commit = raft.log.committed
+
+    def step_ready(self, sim: "Sim", now: int) -> None:
+        """Move this replica's Ready pipeline forward; persistence takes time."""
+        for _ in range(8):  # bounded work per step, like a real worker's batch
+            if self.inflight is not None:
+                if now < self.inflight_done_at:
+                    return
+                rd, self.inflight = self.inflight, None
+                self._finish(sim, now, rd)
+                continue
+            if not self.raft.has_ready():
+                return
+            rd = self.raft.ready()
+            for m in rd.messages:
+                sim.network.send(now, self.group, m)
+            latency = self.node.disk_latency(sim.rng)
+            if latency and (rd.entries or rd.snapshot is not None or rd.hard_state is not None):
+                self.inflight = rd
+                self.inflight_done_at = now + latency
+                return
+            self._finish(sim, now, rd)
+
+    def _finish(self, sim: "Sim", now: int, rd: Ready) -> None:
+        raft = self.raft
+        if rd.entries:
+            sim.safety.on_persist(self.group, self.node.id, rd.entries, self._prev_term_of(rd))
+        self.node.worker_disk(self.group).write(self.group, rd)
+        for m in rd.messages_after_persist:
+            sim.network.send(now, self.group, m)
+        if rd.snapshot is not None:
+            self.kv.restore(rd.snapshot.data)
+            # Reads waiting for an index the snapshot covers can be served now.
+        for e in rd.committed_entries:
+            sim.safety.on_apply(self.group, self.node.id, e)
+            result = None
+            if e.type == EntryType.NORMAL and e.index > self.kv.applied_index:
+                result = self.kv.apply(e.index, e.data)
+            w = self.waiters.pop(e.index, None)
+            if w is not None:
+                if w.term == e.term:
+                    sim.workload.complete_write(w.client, w.op_id, result, now)
+                # else: our entry was overwritten; the client times out and retries
+        for rs in rd.read_states:
+            w = self.read_waiters.get(rs.context)
+            if w is not None:
+                w.index = rs.index
+        raft.advance(rd)
+        self._serve_reads(sim, now)
+        self._maybe_snapshot(sim)
+
+    def _prev_term_of(self, rd: Ready) -> Callable[[int], int | None]:
+        batch = {e.index: e.term for e in rd.entries}
+        log = self.raft.log
+
+        def prev_term(index: int) -> int | None:
+            if index in batch:
+                return batch[index]
+            return log.term(index)
+
+        return prev_term
+
+    def _serve_reads(self, sim: "Sim", now: int) -> None:
+        if not self.read_waiters:
+            return
+        applied = self.raft.log.applied
+        for ctx, w in list(self.read_waiters.items()):
+            if 0 <= w.index <= applied:
+                del self.read_waiters[ctx]
+                result = self.kv.read(kv.Get(w.key))
+                sim.workload.complete_read(w.client, w.op_id, result.value, now)
+
+    def _maybe_snapshot(self, sim: "Sim") -> None:
+        log = self.raft.log
+        if log.applied - log.snapshot_index < sim.options.snapshot_interval_entries:
+            return
+        if self.inflight is not None:
+            return
+        snap = self.raft.create_snapshot(self.kv.snapshot(), sim.options.compact_lag_entries)
+        self.node.worker_disk(self.group).group(self.group).save_snapshot(
+            snap, self.raft.log.snapshot_index
+        )
+        sim.counters["snapshots_taken"] += 1
+
+    def observe(self, sim: "Sim") -> None:
+        """Feed the safety checker what changed since the last look."""
+        raft = self.raft
+        if raft.role == StateRole.LEADER:
+            sim.safety.on_leader(self.group, raft.term, self.node.id, raft.log)
+            if raft.log.committed > self.last_commit:
+                sim.safety.on_commit(self.group, raft.log, self.last_commit, raft.log.committed)
+        self.last_commit = raft.log.committed
+        self.last_role = raft.role
+
+
+class SimNode:
+    def __init__(self, node_id: str, options: SimOptions, rng: random.Random) -> None:
+        self.id = node_id
+        self.options = options
+        self.disks = [SimDisk() for _ in range(options.workers_per_node)]
+        self.replicas: dict[int, Replica] = {}
+        self.down_until: int | None = None
+        self.disk_latency_max = rng.choice([0, options.disk_latency_steps_max])
+        self._rng_seed = rng.random()
+
+    @property
+    def up(self) -> bool:
+        return self.down_until is None
+
+    def worker_of(self, group: int) -> int:
+        return group % self.options.workers_per_node
+
+    def worker_disk(self, group: int) -> SimDisk:
+        return self.disks[self.worker_of(group)]
+
+    def disk_latency(self, rng: random.Random) -> int:
+        if not self.disk_latency_max:
+            return 0
+        return rng.randint(0, self.disk_latency_max)
+
+    def make_config(self) -> Config:
+        o = self.options
+        return Config(
+            id=self.id,
+            election_tick=o.election_tick,
+            heartbeat_tick=1,
+            pre_vote=o.pre_vote,
+            check_quorum=o.check_quorum,
+            read_only=ReadOnlyOption.LEASE_BASED if o.lease_reads else ReadOnlyOption.SAFE,
+            msg_size_bytes_max=512,  # small: exercise multi-message catch-up
+            snapshot_chunk_bytes_max=256,  # small: exercise chunked snapshots
+            inflight_msgs_max=4,
+        )
+
+    def create_replica(self, group: int, initial_voters, sim_rng: random.Random) -> Replica:
+        raft = RaftState(
+            self.make_config(),
+            random.Random(sim_rng.random()),
+            initial_voters=initial_voters,
+        )
+        r = Replica(self, group, raft, kv.KVStateMachine())
+        self.replicas[group] = r
+        self.worker_disk(group).group(group)  # the replica exists on disk from now on
+        return r
+
+    def restart_replica(self, group: int, sim_rng: random.Random) -> Replica:
+        gd = self.worker_disk(group).group(group)
+        raft = RaftState(
+            self.make_config(),
+            random.Random(sim_rng.random()),
+            hard_state=gd.hard_state,
+            snapshot=gd.snapshot,
+            entries=list(gd.entries),
+        )
+        sm = kv.KVStateMachine()
+        if gd.snapshot is not None:
+            sm.restore(gd.snapshot.data)
+        r = Replica(self, group, raft, sm)
+        self.replicas[group] = r
+        return r
+
+    def crash_worker(self, worker: int, counters) -> list[int]:
+        """Lose the worker's memory and its unsynced writes; return its groups."""
+        self.disks[worker].crash()
+        lost = [g for g in self.replicas if self.worker_of(g) == worker]
+        for g in lost:
+            counters.update(self.replicas[g].raft.counters)
+            del self.replicas[g]
+        return lost
+

@@ -1,0 +1,79 @@
+"""Swarm-randomised options: each seed draws its own mix of faults and features,
+so that across seeds every combination gets exercised (swarm testing)."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+
+
+@attrs.define
+class SimOptions:
+    nodes: int
+    workers_per_node: int
+    groups: int
+    replicas: int
+    clients: int
+    keys: int
+    # The network: per-message loss, duplication, and delay (reordering).
+    drop_rate: float
+    dup_rate: float
+    delay_steps_max: int
+    # Faults, as probabilities per step.
+    partition_rate: float
+    one_way_partition: bool
+    crash_rate: float
+    worker_crash: bool
+    disk_latency_steps_max: int
+    # Features.
+    pre_vote: bool
+    check_quorum: bool
+    lease_reads: bool
+    follower_reads: float
+    membership_rate: float
+    transfer_rate: float
+    snapshot_interval_entries: int
+    compact_lag_entries: int
+    cas_fraction: float
+    read_fraction: float
+    # Length.
+    chaos_steps: int = 6000
+    liveness_steps: int = 6000
+    steps_per_tick: int = 10
+    election_tick: int = 10
+
+    @classmethod
+    def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> "SimOptions":
+        check_quorum = rng.random() < 0.8
+        nodes = rng.choice([3, 3, 4, 5, 5])
+        return cls(
+            nodes=nodes,
+            workers_per_node=rng.choice([1, 2]),
+            groups=rng.choice([1, 2, 3]),
+            replicas=rng.choice([1, 3, 3, 3, min(5, nodes)]),
+            clients=rng.choice([2, 4, 6]),
+            keys=rng.choice([2, 4, 8]),
+            drop_rate=rng.choice([0.0, 0.01, 0.05, 0.15]),
+            dup_rate=rng.choice([0.0, 0.01, 0.05]),
+            delay_steps_max=rng.choice([1, 3, 10, 30]),
+            partition_rate=rng.choice([0.0, 0.0005, 0.002]),
+            one_way_partition=rng.random() < 0.4,
+            crash_rate=rng.choice([0.0, 0.0003, 0.001]),
+            worker_crash=rng.random() < 0.4,
+            disk_latency_steps_max=rng.choice([0, 0, 2, 8]),
+            pre_vote=rng.random() < 0.8,
+            check_quorum=check_quorum,
+            lease_reads=check_quorum and rng.random() < 0.5,
+            follower_reads=rng.choice([0.0, 0.3]),
+            membership_rate=rng.choice([0.0, 0.002, 0.006]),
+            transfer_rate=rng.choice([0.0, 0.001, 0.004]),
+            snapshot_interval_entries=rng.choice([10, 40, 200]),
+            compact_lag_entries=rng.choice([0, 5, 50]),
+            cas_fraction=rng.choice([0.0, 0.2, 0.4]),
+            read_fraction=rng.choice([0.2, 0.5]),
+            chaos_steps=chaos_steps,
+        )
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in attrs.asdict(self).items())

@@ -1,0 +1,325 @@
+"""One simulation run: chaos, then heal, then liveness; safety after every step."""
+
+from __future__ import annotations
+
+import collections
+import random
+import time
+
+import attrs
+
+from multiraft import lincheck
+from multiraft.raft import confchange
+from multiraft.raft.errors import RaftError
+from multiraft.raft.types import StateRole
+
+from .cluster import Replica, SimNode
+from .network import SimNetwork
+from .options import SimOptions
+from .safety import SafetyChecker, SafetyViolation
+from .workload import Workload
+
+# Counters the summary reports (each counted from what actually happened).
+REPORTED_COUNTERS = (
+    "elections",
+    "prevote_rejections",
+    "checkquorum_stepdowns",
+    "leader_transfers",
+    "joint_changes",
+    "learners_promoted",
+    "snapshots_installed",
+    "readindex_reads",
+    "lease_reads",
+    "crashes",
+    "partitions",
+    "ops_checked",
+)
+
+
+@attrs.define
+class SimResult:
+    seed: int
+    options: SimOptions
+    ok: bool
+    violation: str | None
+    step: int
+    counters: dict[str, int]
+    linearizable: str
+    seconds: float
+
+
+class Sim:
+    def __init__(self, seed: int, options: SimOptions | None = None, chaos_steps: int = 6000) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.options = options or SimOptions.draw(self.rng, chaos_steps)
+        o = self.options
+        self.network = SimNetwork(self.rng, o.drop_rate, o.dup_rate, o.delay_steps_max)
+        self.safety = SafetyChecker()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.nodes = {f"n{i + 1}": SimNode(f"n{i + 1}", o, self.rng) for i in range(o.nodes)}
+        self.healed = False
+        self.now = 0
+        node_ids = sorted(self.nodes)
+        for g in range(o.groups):
+            members = self.rng.sample(node_ids, o.replicas)
+            for n in members:
+                self.nodes[n].create_replica(g, tuple(members), self.rng)
+        self.workload = Workload(self)
+
+    # ---- the loop ----------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        started = time.monotonic()
+        violation = None
+        o = self.options
+        try:
+            for _ in range(o.chaos_steps):
+                self.step(chaos=True)
+            self.heal()
+            self._liveness()
+            verdict = self._check_history()
+        except SafetyViolation as e:
+            violation = f"step {self.now}: {e}"
+            verdict = "not checked"
+        except AssertionError as e:
+            violation = f"step {self.now}: assertion failed: {e!r}"
+            verdict = "not checked"
+        self._collect_counters()
+        counters = {k: self.counters.get(k, 0) for k in REPORTED_COUNTERS}
+        counters.update({k: v for k, v in self.counters.items() if k not in counters})
+        return SimResult(
+            seed=self.seed,
+            options=o,
+            ok=violation is None,
+            violation=violation,
+            step=self.now,
+            counters=counters,
+            linearizable=verdict,
+            seconds=time.monotonic() - started,
+        )
+
+    def step(self, chaos: bool) -> None:
+        self.now += 1
+        now = self.now
+        o = self.options
+        if chaos:
+            self._inject_faults()
+        self._restart_due()
+        for group, m in self.network.due(now):
+            node = self.nodes.get(m.to)
+            if node is None or not node.up:
+                continue
+            r = node.replicas.get(group)
+            if r is not None:
+                r.raft.step(m)
+        if now % o.steps_per_tick == 0:
+            for node in self.nodes.values():
+                if node.up:
+                    for r in node.replicas.values():
+                        r.raft.tick()
+        if chaos:
+            self._admin_actions()
+        self.workload.step(now)
+        for node in self.nodes.values():
+            if node.up:
+                for r in node.replicas.values():
+                    r.step_ready(self, now)
+                    r.raft.check_invariants()
+                    r.observe(self)
+
+    # ---- faults ------------------------------------------------------------------
+
+    def _inject_faults(self) -> None:
+        o = self.options
+        rng = self.rng
+        if o.partition_rate and rng.random() < o.partition_rate:
+            if self.network.blocked and rng.random() < 0.5:
+                self.network.blocked.clear()
+            else:
+                ids = sorted(self.nodes)
+                rng.shuffle(ids)
+                cut = rng.randint(1, len(ids) - 1)
+                self.network.partition(set(ids[:cut]), set(ids[cut:]), o.one_way_partition and rng.random() < 0.5)
+                self.counters["partitions"] += 1
+        if o.crash_rate and rng.random() < o.crash_rate:
+            up = [n for n in self.nodes.values() if n.up]
+            # Keep a majority of nodes up most of the time, so work continues.
+            if len(up) > (len(self.nodes) + 1) // 2 or rng.random() < 0.2:
+                node = rng.choice(up)
+                if o.worker_crash and o.workers_per_node > 1 and rng.random() < 0.5:
+                    self._crash_worker(node, rng.randrange(o.workers_per_node))
+                else:
+                    self._crash_node(node)
+
+    def _crash_node(self, node: SimNode) -> None:
+        for w in range(len(node.disks)):
+            node.crash_worker(w, self.counters)
+        node.down_until = self.now + self.rng.randint(50, 1500)
+        self.counters["crashes"] += 1
+
+    def _crash_worker(self, node: SimNode, worker: int) -> None:
+        for g in node.crash_worker(worker, self.counters):
+            # The coordinator restarts a crashed worker right away.
+            node.restart_replica(g, self.rng)
+        self.counters["crashes"] += 1
+        self.counters["worker_crashes"] += 1
+
+    def _restart_due(self) -> None:
+        for node in self.nodes.values():
+            if node.down_until is not None and self.now >= node.down_until:
+                self._restart_node(node)
+
+    def _restart_node(self, node: SimNode) -> None:
+        node.down_until = None
+        for disk in node.disks:
+            for g in disk.groups:
+                node.restart_replica(g, self.rng)
+
+    def heal(self) -> None:
+        self.healed = True
+        self.network.heal()
+        for node in self.nodes.values():
+            if not node.up:
+                self._restart_node(node)
+
+    # ---- admin: membership and leadership ------------------------------------------
+
+    def _leader_of(self, group: int) -> Replica | None:
+        best = None
+        for node in self.nodes.values():
+            r = node.replicas.get(group) if node.up else None
+            if r is not None and r.raft.role == StateRole.LEADER:
+                if best is None or r.raft.term > best.raft.term:
+                    best = r
+        return best
+
+    def _admin_actions(self) -> None:
+        o = self.options
+        rng = self.rng
+        if o.transfer_rate and rng.random() < o.transfer_rate:
+            g = rng.randrange(o.groups)
+            leader = self._leader_of(g)
+            if leader is not None:
+                others = sorted(leader.raft.conf.voters - {leader.node.id})
+                if others:
+                    try:
+                        leader.raft.transfer_leader(rng.choice(others))
+                        self.counters["transfers_requested"] += 1
+                    except RaftError:
+                        pass
+        if o.membership_rate and rng.random() < o.membership_rate:
+            g = rng.randrange(o.groups)
+            leader = self._leader_of(g)
+            if leader is not None:
+                self._change_membership(leader)
+
+    def _change_membership(self, leader: Replica) -> None:
+        rng = self.rng
+        conf = leader.raft.conf
+        if conf.joint:
+            return
+        members = conf.all_nodes()
+        outsiders = sorted(n for n in self.nodes if n not in members and self.nodes[n].up)
+        voters = sorted(conf.voters)
+        learners = sorted(conf.learners)
+        choices = []
+        if outsiders:
+            choices.append("add_learner")
+        if learners:
+            choices += ["promote", "promote", "remove_learner", "swap"]
+        if len(voters) > 3:
+            choices.append("remove_voter")
+        if len(voters) >= 3 and learners:
+            choices.append("demote")
+        if not choices:
+            return
+        action = rng.choice(choices)
+        if action == "add_learner":
+            node = rng.choice(outsiders)
+            cc = confchange.add_learner(node)
+        elif action == "promote":
+            cc = confchange.add_voter(rng.choice(learners))
+        elif action == "remove_learner":
+            cc = confchange.remove_node(rng.choice(learners))
+        elif action == "remove_voter":
+            cc = confchange.remove_node(rng.choice(voters))
+        elif action == "demote":
+            cc = confchange.add_learner(rng.choice(voters))
+        else:
+            # Replace a voter by a learner in one joint change (thesis §4.3).
+            new = rng.choice(learners)
+            old = rng.choice(voters)
+            cc = confchange.ConfChange(
+                (
+                    confchange.SingleChange(confchange.ChangeKind.ADD_VOTER, new),
+                    confchange.SingleChange(confchange.ChangeKind.REMOVE_NODE, old),
+                )
+            )
+        try:
+            leader.raft.propose_conf_change(cc)
+        except RaftError:
+            return
+        self.counters["conf_changes_proposed"] += 1
+        for c in cc.changes:
+            node = self.nodes[c.node]
+            if c.node not in members and leader.group not in node.replicas and node.up:
+                # The coordinator creates the empty replica before it is added.
+                node.create_replica(leader.group, None, self.rng)
+
+    # ---- the end ---------------------------------------------------------------------
+
+    def _liveness(self) -> None:
+        """After healing, every client op completes and every group has a
+        leader with no joint config left, within a bounded number of steps."""
+        o = self.options
+        deadline = self.now + o.liveness_steps
+        settle = 0
+        while self.now < deadline:
+            self.step(chaos=False)
+            if self.now % 50:
+                continue
+            if self._settled():
+                settle += 1
+                if settle >= 2:
+                    self.workload.paused = True
+                    if not self.workload.busy():
+                        return
+            else:
+                settle = 0
+        pending = [c.op for c in self.workload.clients if c.op is not None]
+        states = {
+            g: [(n.id, r.raft.role.name, r.raft.term, r.raft.log.committed) for n in self.nodes.values() for r in [n.replicas.get(g)] if r]
+            for g in range(o.groups)
+        }
+        raise SafetyViolation(
+            f"liveness: not settled {o.liveness_steps} steps after healing; pending ops {pending}; groups {states}"
+        )
+
+    def _settled(self) -> bool:
+        for g in range(self.options.groups):
+            leader = self._leader_of(g)
+            if leader is None or leader.raft.conf.joint:
+                return False
+            if leader.raft.log.term(leader.raft.log.committed) != leader.raft.term:
+                return False
+        return True
+
+    def _check_history(self) -> str:
+        events = self.workload.events
+        self.counters["ops_checked"] = sum(1 for e in events if e["type"] != "invoke")
+        result = lincheck.check_events(events, timeout_s=60.0)
+        if result.verdict == lincheck.Verdict.NOT_LINEARIZABLE:
+            raise SafetyViolation(f"linearizability: history not linearizable (key {result.failed_key})")
+        return result.verdict.value
+
+    def _collect_counters(self) -> None:
+        for node in self.nodes.values():
+            for r in node.replicas.values():
+                self.counters.update(r.raft.counters)
+        self.counters["messages_sent"] = self.network.sent
+        self.counters["messages_dropped"] = self.network.dropped
+
+
+def run_seed(seed: int, chaos_steps: int = 6000) -> SimResult:
+    return Sim(seed, chaos_steps=chaos_steps).run()
