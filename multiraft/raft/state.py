@@ -130,7 +130,7 @@ class RaftState:
         self._round_start_tick: dict[int, int] = {}
         self._acked_round: dict[NodeId, int] = {}
         self._pending_reads: collections.deque[_PendingRead] = collections.deque()
-        self._reads_waiting_commit: list[tuple[bytes, NodeId]] = []
+        self._reads_waiting_commit: list[tuple[bytes, NodeId, bool]] = []
         self._snap_assembly: _SnapshotAssembly | None = None
 
         if snapshot is not None and snapshot.meta.index > 0:
@@ -197,13 +197,19 @@ class RaftState:
         self._pending_conf_index = index
         return index
 
-    def read_index(self, context: bytes) -> None:
+    def read_index(self, context: bytes, lease: bool | None = None) -> None:
         """Ask for a linearizable read (thesis §6.4). A ReadState with this
         context appears in a later Ready; serve the read once applied >= its
         index. Raises NotLeader on a node that knows no leader, Busy when too
-        many reads wait."""
+        many reads wait.
+
+        `lease` overrides the configured read mode for this request (on the
+        leader only; lease reads need check_quorum). Reads a follower forwards
+        always use a heartbeat round."""
         if self.role == StateRole.LEADER:
-            self._leader_read(context, self.id)
+            if lease is None:
+                lease = self.config.read_only == ReadOnlyOption.LEASE_BASED
+            self._leader_read(context, self.id, lease and self.config.check_quorum)
             return
         if self.leader is None:
             raise NotLeader("no known leader", None)
@@ -779,8 +785,8 @@ class RaftState:
         self._uncommitted_bytes = max(0, self._uncommitted_bytes)
         if first_commit_in_term and self._reads_waiting_commit:
             waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
-            for ctx, requester in waiting:
-                self._leader_read(ctx, requester)
+            for ctx, requester, lease in waiting:
+                self._leader_read(ctx, requester, lease)
         return True
 
     def _check_can_propose(self) -> None:
@@ -894,16 +900,16 @@ class RaftState:
 
     # ==== reads =================================================================
 
-    def _leader_read(self, context: bytes, requester: NodeId) -> None:
+    def _leader_read(self, context: bytes, requester: NodeId, lease: bool = False) -> None:
         if len(self._pending_reads) + len(self._reads_waiting_commit) >= self.config.read_requests_max:
             raise Busy("too many pending reads", self.id)
         if self.log.term(self.log.committed) != self.term:
             # Our commit index may be stale until an entry of our term commits
             # (thesis §6.4 step 1): wait for the no-op.
-            self._reads_waiting_commit.append((context, requester))
+            self._reads_waiting_commit.append((context, requester, lease))
             return
         index = self.log.committed
-        if self.config.read_only == ReadOnlyOption.LEASE_BASED and self._lease_valid():
+        if lease and self._lease_valid():
             self.counters["lease_reads"] += 1
             self._answer_read(_PendingRead(context, requester, index, 0))
             return
