@@ -25,6 +25,8 @@ class Net:
         self.cut: set[frozenset] = set()  # pairs that cannot talk
         self.isolated: set[str] = set()
         self.drop_types: set[int] = set()
+        # Optional predicate: a message for which it returns True is dropped.
+        self.drop_if = None
         self.log: list[Message] = []
         for i in ids:
             self._start(i, initial_voters=tuple(ids))
@@ -55,6 +57,8 @@ class Net:
 
     def blocked(self, m: Message) -> bool:
         if m.type in self.drop_types:
+            return True
+        if self.drop_if is not None and self.drop_if(m):
             return True
         if m.frm in self.isolated or m.to in self.isolated:
             return True
@@ -113,6 +117,11 @@ class Net:
 
     def elect(self, i):
         """Make `i` campaign now (as if its election timer fired)."""
+        self.deliver_all()  # apply the bootstrap config first
+        for other in self.nodes.values():
+            # Past the start-up window in which a (re)started node refuses
+            # votes (RaftState._in_lease), as if the nodes had run a while.
+            other._ticks = max(other._ticks, other.config.election_tick)
         n = self.nodes[i]
         n.election_elapsed = 0
         n._campaign(pre_vote=n.config.pre_vote, forced=False)
@@ -124,3 +133,41 @@ class Net:
                 return self.leader()
             self.tick()
         raise AssertionError("no leader elected")
+
+    # ---- helpers for the core's unit tests (tests/test_raft_*.py) -------------
+
+    def boot(self, leader=None):
+        """Apply the bootstrap config everywhere and elect `leader` (default:
+        the first voter). A node refuses votes for election_tick ticks after it
+        starts (it may have acked a leader just before a crash); a test network
+        has no such past, so that guard is skipped by advancing each node's
+        clock. Returns the leader's id."""
+        leader = leader or self.ids[0]
+        self.deliver_all()
+        for n in self.nodes.values():
+            n._ticks = max(n._ticks, n.config.election_tick)
+        self.elect(leader)
+        assert self.nodes[leader].role.name == "LEADER", self.nodes[leader].status()
+        return leader
+
+    def sent(self, type=None, frm=None, to=None):
+        """Messages handed to the network so far (delivered or not)."""
+        return [
+            m
+            for m in self.log
+            if (type is None or m.type == type)
+            and (frm is None or m.frm == frm)
+            and (to is None or m.to == to)
+        ]
+
+    def propose(self, i, *datas):
+        """Propose on `i` and deliver; returns the index of the first entry."""
+        first = self.nodes[i].propose_many([d for d in datas])
+        self.deliver_all()
+        return first
+
+    def heal(self):
+        self.cut.clear()
+        self.isolated.clear()
+        self.drop_types.clear()
+        self.drop_if = None

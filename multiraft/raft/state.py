@@ -736,7 +736,11 @@ class RaftState:
                 self._acked_round[m.frm] = m.context
                 self._confirm_reads()
             if pr.match < self.log.last_index():
-                self._send_append(m.frm, pr)
+                # Even with nothing new to send (an append was lost in
+                # REPLICATE), an empty append makes the follower reject and
+                # us fall back to probing: without it a lost append stalls
+                # the follower until the next proposal.
+                self._send_append(m.frm, pr, send_empty=True)
         else:
             self.counters["dropped_unexpected"] += 1
 
@@ -751,7 +755,7 @@ class RaftState:
             if pr.maybe_decrease_to(m.index, next_probe):
                 if pr.state == ProgressState.REPLICATE:
                     pr.become_probe()
-                self._send_append(m.frm, pr)
+                self._send_append(m.frm, pr, send_empty=True)
             return
         if not pr.maybe_update(m.index):
             return  # a duplicate or reordered acknowledgement
@@ -1003,7 +1007,7 @@ class RaftState:
             if n not in nodes:
                 del self.progress[n]
                 self._acked_round.pop(n, None)
-        for n in nodes:
+        for n in sorted(nodes):  # sorted: set order varies with PYTHONHASHSEED
             pr = self.progress.get(n)
             if pr is None:
                 pr = Progress(
