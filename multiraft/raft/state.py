@@ -308,11 +308,22 @@ class RaftState:
         committed = tuple(
             self.log.next_committed(self.config.committed_size_per_ready_bytes_max)
         )
-        early, late = [], []
-        for m in self._msgs:
-            (early if m.type in _EARLY_TYPES else late).append(m)
-        early_msgs = tuple(early)
-        late_msgs = tuple(late) + tuple(self._msgs_after_persist)
+        term_or_vote_changed = (
+            hard.term != self._prev_hard_state.term or hard.vote != self._prev_hard_state.vote
+        )
+        if term_or_vote_changed:
+            # A leader elected within this Ready (a single voter wins at
+            # once) must not speak before its term and vote are durable
+            # (§5.1): after a crash it could win the same term again and
+            # send different entries at the same indexes.
+            early_msgs: tuple[Message, ...] = ()
+            late_msgs = tuple(self._msgs) + tuple(self._msgs_after_persist)
+        else:
+            early, late = [], []
+            for m in self._msgs:
+                (early if m.type in _EARLY_TYPES else late).append(m)
+            early_msgs = tuple(early)
+            late_msgs = tuple(late) + tuple(self._msgs_after_persist)
         rd = Ready(
             soft_state=soft if soft != self._prev_soft_state else None,
             hard_state=hard if hard != self._prev_hard_state else None,
@@ -322,12 +333,7 @@ class RaftState:
             messages=early_msgs,
             messages_after_persist=late_msgs,
             read_states=tuple(self._read_states),
-            must_sync=bool(
-                entries
-                or snapshot is not None
-                or hard.term != self._prev_hard_state.term
-                or hard.vote != self._prev_hard_state.vote
-            ),
+            must_sync=bool(entries or snapshot is not None or term_or_vote_changed),
         )
         self._msgs = []
         self._msgs_after_persist = []
@@ -616,6 +622,15 @@ class RaftState:
             self.counters["dropped_unexpected"] += 1
 
     def _handle_append(self, m: Message) -> None:
+        ents = m.entries
+        if ents and not (
+            ents[0].index == m.index + 1
+            and ents[-1].index == m.index + len(ents)
+            and m.log_term <= ents[0].term
+            and ents[-1].term <= m.term
+        ):
+            self.counters["dropped_malformed"] += 1  # a buggy or corrupt peer
+            return
         if m.index < self.log.committed:
             # Everything up to our commit index certainly matches the leader.
             self._send(
@@ -648,6 +663,9 @@ class RaftState:
             self.counters["dropped_malformed"] += 1
             return
         meta, offset, chunk, done = m.snapshot
+        if not isinstance(meta, SnapshotMeta) or meta.term > m.term or meta.index <= 0:
+            self.counters["dropped_malformed"] += 1
+            return
         asm = self._snap_assembly
         if offset == 0:
             asm = self._snap_assembly = _SnapshotAssembly(meta, bytearray())
@@ -708,6 +726,9 @@ class RaftState:
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self._bcast_heartbeat()
+        # Normally the leave is proposed as soon as the joint config applies;
+        # retry here in case a leader transfer was pending at that moment.
+        self._maybe_auto_leave_joint()
 
     def _step_leader(self, m: Message) -> None:
         t = m.type
@@ -799,10 +820,16 @@ class RaftState:
         if self.lead_transferee is not None:
             raise Busy("leadership transfer in progress", self.lead_transferee)
 
-    def _propose_entries(self, datas: list[bytes], entry_type: int) -> int:
+    def _propose_entries(self, datas: list[bytes], entry_type: int, internal: bool = False) -> int:
+        """Append entries as leader. `internal` proposals (leaving a joint
+        config) skip the uncommitted-bytes limit: they must never fail."""
         self._check_can_propose()
         size = sum(len(d) + 24 for d in datas)
-        if self._uncommitted_bytes + size > self.config.uncommitted_size_bytes_max and self._uncommitted_bytes:
+        if (
+            not internal
+            and self._uncommitted_bytes
+            and self._uncommitted_bytes + size > self.config.uncommitted_size_bytes_max
+        ):
             raise Busy("too many uncommitted bytes", self.id)
         first = self.log.last_index() + 1
         self._append_entries([Entry(self.term, 0, entry_type, d) for d in datas])
@@ -833,7 +860,17 @@ class RaftState:
 
     def _bcast_heartbeat(self) -> None:
         self._round += 1
-        self._round_start_tick[self._round] = self._ticks
+        starts = self._round_start_tick
+        starts[self._round] = self._ticks
+        # Rounds older than the lease can never make a lease valid again, and
+        # reads only compare round numbers: forget them (oldest first, since
+        # the dict is in round order).
+        cutoff = self._ticks - self.config.effective_lease_ticks - 1
+        while starts:
+            first = next(iter(starts))
+            if starts[first] >= cutoff:
+                break
+            del starts[first]
         self._round_open = self._round
         for node, pr in self.progress.items():
             if node != self.id:
@@ -997,7 +1034,7 @@ class RaftState:
             and self.lead_transferee is None
         ):
             self._pending_conf_index = self._propose_entries(
-                [encode_conf_change(LEAVE_JOINT)], EntryType.CONF_CHANGE
+                [encode_conf_change(LEAVE_JOINT)], EntryType.CONF_CHANGE, internal=True
             )
 
     def _rebuild_progress(self) -> None:
