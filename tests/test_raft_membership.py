@@ -233,7 +233,12 @@ def test_removed_leader_steps_down_thesis_4_2_2():
     n1 = net.nodes["n1"]
     n1.propose_conf_change(remove_node("n1"))
     net.deliver_all()
-    assert n1.role == StateRole.FOLLOWER and "n1" not in n1.conf.voters
+    # It hands leadership to a caught-up voter first (TimeoutNow), refusing
+    # proposals meanwhile, and steps down once it hears of the newer term.
+    assert "n1" not in n1.conf.voters
+    assert n1.counters["timeout_now_sent"] == 1
+    net.tick(times=n1.config.election_tick + 1)
+    assert n1.role == StateRole.FOLLOWER
     new = net.tick_until_leader()
     assert new in ("n2", "n3")
     net.propose(new, b"a")

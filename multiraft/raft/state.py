@@ -123,6 +123,7 @@ class RaftState:
         self.lead_transferee: NodeId | None = None
         self._transfer_started_this_term = False
         self._campaign_forced = False  # this candidacy came from TimeoutNow
+        self._timeout_now_term = 0  # a TimeoutNow of this term awaits an apply
 
         # ReadIndex state (leader): numbered heartbeat rounds.
         self._round = 0
@@ -370,6 +371,13 @@ class RaftState:
             self.log.applied_to(rd.committed_entries[-1].index)
             if self.role == StateRole.LEADER:
                 self._maybe_auto_leave_joint()
+        if self._timeout_now_term:
+            if self._timeout_now_term != self.term or self.role != StateRole.FOLLOWER:
+                self._timeout_now_term = 0
+            elif self._promotable():
+                self._timeout_now_term = 0
+                self.counters["timeout_now_received"] += 1
+                self._campaign(pre_vote=False, forced=True)
         self.check_invariants()
 
     def create_snapshot(self, data: bytes, compact_lag_entries: int = 0) -> Snapshot:
@@ -614,6 +622,11 @@ class RaftState:
             if self._promotable():
                 self.counters["timeout_now_received"] += 1
                 self._campaign(pre_vote=False, forced=True)
+            elif self.log.committed > self.log.applied:
+                # Perhaps only a committed conf change is not applied yet (a
+                # leader handing off after its own removal commits just that):
+                # campaign as soon as advance() has applied it.
+                self._timeout_now_term = self.term
         elif t == MT.READ_INDEX_RESPONSE:
             self._read_states.append(ReadState(m.index, m.context))
         elif t == MT.READ_INDEX:
@@ -717,6 +730,8 @@ class RaftState:
             if self.lead_transferee is not None:
                 self.counters["leader_transfers_aborted"] += 1
                 self.lead_transferee = None
+            if self.id not in self.conf.all_voters():
+                self._hand_off_leadership()  # try again, perhaps another voter
         timeout = self.config.effective_snapshot_timeout_ticks
         for node, pr in self.progress.items():
             if pr.state == ProgressState.SNAPSHOT:
@@ -1016,15 +1031,35 @@ class RaftState:
         self.conf = new
         self._rebuild_progress()
         if self.role == StateRole.LEADER:
-            if self.id not in self.conf.all_voters():
-                # Removed from the group (thesis §4.2.2): step down.
-                self._become_follower(self.term, None)
-                return
             if self.lead_transferee is not None and self.lead_transferee not in self.conf.voters:
                 self.lead_transferee = None
+            if self.id not in self.conf.all_voters():
+                # Removed from the group (thesis §4.2.2). Stepping down at once
+                # can wedge the group: the remaining voters may not know the
+                # change committed (they still count us in a joint config) and
+                # may lack entries only we have, so no one could be elected.
+                # Instead, keep leading (we no longer count in any quorum) until
+                # a voter is caught up, and hand leadership to it.
+                self._hand_off_leadership()
             # The quorum changed: something may now be committed.
             if self._maybe_commit():
                 self._bcast_pending = True
+
+    def _hand_off_leadership(self) -> None:
+        """A leader that is no longer a voter transfers to the most caught-up
+        voter; proposals are refused meanwhile (the transfer is pending)."""
+        voters = sorted(self.conf.voters, key=lambda n: (-self.progress[n].match, n))
+        if not voters or self.lead_transferee is not None:
+            return
+        self.counters["removed_leader_handoffs"] += 1
+        target = voters[0]
+        self.lead_transferee = target
+        self.election_elapsed = 0
+        pr = self.progress[target]
+        if pr.match == self.log.last_index():
+            self._send_timeout_now(target)
+        else:
+            self._send_append(target, pr, send_empty=True)
 
     def _maybe_auto_leave_joint(self) -> None:
         if (
@@ -1039,6 +1074,10 @@ class RaftState:
 
     def _rebuild_progress(self) -> None:
         nodes = self.conf.all_nodes()
+        if self.role == StateRole.LEADER:
+            # A leader removed from the config keeps leading until it has
+            # handed off (see _hand_off_leadership); it never counts itself.
+            nodes = nodes | {self.id}
         last = self.log.last_index()
         for n in list(self.progress):
             if n not in nodes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import random
 import time
+import traceback
 
 import attrs
 
@@ -84,6 +85,9 @@ class Sim:
             verdict = "not checked"
         except AssertionError as e:
             violation = f"step {self.now}: assertion failed: {e!r}"
+            verdict = "not checked"
+        except Exception as e:  # a crash of the code under test is a finding too
+            violation = f"step {self.now}: {type(e).__name__}: {e!r}\n{traceback.format_exc()}"
             verdict = "not checked"
         self._collect_counters()
         counters = {k: self.counters.get(k, 0) for k in REPORTED_COUNTERS}
