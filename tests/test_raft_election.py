@@ -307,7 +307,7 @@ def test_granting_a_prevote_changes_neither_term_nor_vote_thesis_9_6():
     before = (node.term, node.vote)
     node.step(vote("b", "a", node.term + 1, pre=True))
     rd = node.ready()
-    (resp,) = rd.messages_after_persist
+    (resp,) = rd.messages + rd.messages_after_persist  # a pre-vote changes nothing durable
     assert resp.type == MT.PRE_VOTE_RESPONSE and not resp.reject
     assert resp.term == before[0] + 1  # it echoes the term asked about
     assert rd.hard_state is None and not rd.must_sync
