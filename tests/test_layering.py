@@ -40,7 +40,17 @@ RULES: list[tuple[str, set[str]]] = [
     ),
     ("storage", {"attrs", "multiraft.raft", "storage"}),
     ("multiraft.transport", {"attrs", "trio", "pynng", "multiraft.wire", "multiraft.raft", "multiraft.transport"}),
+    (
+        "workers",
+        {"attrs", "trio", "trio_util", "multiraft.raft", "multiraft.kv", "multiraft.statemachine",
+         "multiraft.sharding", "multiraft.wire", "multiraft.protocol", "multiraft.transport",
+         "storage", "workers"},
+    ),
 ]
+
+# Other processes' code: the control plane talks to workers over pipes and
+# sockets, never by importing them (DESIGN.md §1, §3).
+PRIVATE_TO = {"workers": ("workers",), "storage": ("storage", "workers", "multiraft.sim")}
 FORBIDDEN_ANYWHERE_BELOW_WORKERS = {"workers"}
 
 
@@ -137,3 +147,16 @@ def test_top_level_packages_resolve_to_this_checkout() -> None:
 
     for mod in (multiraft, storage, workers):
         assert Path(mod.__file__).resolve().is_relative_to(ROOT), mod.__file__
+
+
+@pytest.mark.parametrize("path", list(_modules()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_worker_and_storage_code_is_imported_only_inside_their_process(path: Path) -> None:
+    mod = _module_name(path)
+    for imported in _imports(path):
+        top = imported.split(".")[0]
+        owners = PRIVATE_TO.get(top)
+        if owners is None:
+            continue
+        assert any(mod == o or mod.startswith(o + ".") for o in owners), (
+            f"{mod} imports {imported}: only {owners} may"
+        )

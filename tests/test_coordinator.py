@@ -1,0 +1,238 @@
+"""The coordinator: data directory, worker supervision, peers, routing, API.
+
+Nodes run as real processes with the fake worker (tests/fake_worker.py), so
+these tests do not depend on the real worker's Raft.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from multiraft import protocol
+from multiraft.client import coordinator_request
+from multiraft.coordinator import load_stored, prepare_node
+from multiraft.localcluster import LocalCluster
+from multiraft.nodeconfig import ConfigError, RawOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = {"MULTIRAFT_WORKER_ARGV": json.dumps([sys.executable, str(ROOT / "tests" / "fake_worker.py")])}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+    return True
+
+
+async def _wait(predicate, timeout_s: float = 20.0):
+    with trio.fail_after(timeout_s):
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            await trio.sleep(0.1)
+
+
+# --- the data directory ---
+
+
+def test_prepare_creates_and_resumes(tmp_path: Path) -> None:
+    raw = RawOptions(node_id="n2", data_dir=str(tmp_path / "d"), workers=3, groups=10,
+                     peers="n1=127.0.0.1:7100,n2=127.0.0.1:7200,n3=127.0.0.1:7300")
+    setup = prepare_node(raw)
+    placement = setup.placement
+    with pytest.raises(ConfigError, match="in use"):
+        prepare_node(raw)
+    setup.release()
+    doc = load_stored(tmp_path / "d")
+    assert doc["node_id"] == "n2" and doc["workers"] == 3 and doc["cluster"]["groups"] == 10
+    assert doc["format"] == "multiraft-node" and doc["format_version"] == 1
+    # a restart with no layout flags reads them back, same placement
+    again = prepare_node(RawOptions(data_dir=str(tmp_path / "d")))
+    assert again.options.node_id == "n2" and again.options.workers == 3 and again.placement == placement
+    assert (tmp_path / "d" / "workers" / "w2").is_dir()
+    again.release()
+    for bad, what in ((RawOptions(data_dir=str(tmp_path / "d"), groups=11), "--groups"),
+                      (RawOptions(data_dir=str(tmp_path / "d"), node_id="n1"), "belongs to node n2"),
+                      (RawOptions(data_dir=str(tmp_path / "d"), peers="n2=127.0.0.1:7200"), "--peers")):
+        with pytest.raises(ConfigError, match=what):
+            prepare_node(bad)
+
+
+def test_placement_is_balanced_over_workers(tmp_path: Path) -> None:
+    setup = prepare_node(RawOptions(data_dir=str(tmp_path / "d"), workers=4, groups=64))
+    loads = [len(setup.placement.worker_groups(i)) for i in range(4)]
+    assert loads == [16, 16, 16, 16]
+    setup.release()
+
+
+# --- a running node ---
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path):
+    cluster = LocalCluster(tmp_path, nodes=2, workers=2, groups=6, replicas=1, poll_interval_ms=100, env=FAKE)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+    assert not cluster.any_process_left()
+
+
+async def test_routing_merges_peers_and_tracks_them(two_nodes: LocalCluster) -> None:
+    await two_nodes.wait_healthy(timeout_s=30)
+    a1, a2 = two_nodes.addresses
+    table = await coordinator_request([a1], ["routing"])
+    assert set(table["nodes"]) == {"n1", "n2"}
+    assert table["nodes"]["n2"]["workers"][1]["client_address"] == f"127.0.0.1:{two_nodes.nodes['n2'].port + 52}"
+    assert {g: v["leader"] for g, v in table["groups"].items()} == {g: ("n1" if g % 2 == 0 else "n2") for g in range(6)}
+    placement = await coordinator_request([a2], ["placement"])
+    assert placement["node"] == "n2" and placement["cluster"]["groups"] == 6
+    assert await coordinator_request([a1], ["ping"]) == "n1"
+
+    two_nodes.nodes["n2"].kill()
+
+    async def n2_down():
+        t = await coordinator_request([a1], ["routing"])
+        return not t["nodes"]["n2"]["up"] and t["groups"][1]["leader"] is None
+
+    await _wait(n2_down)
+    two_nodes.nodes["n2"].start()
+    await two_nodes.wait_healthy(timeout_s=30)
+
+
+async def test_a_killed_worker_is_restarted(two_nodes: LocalCluster) -> None:
+    await two_nodes.wait_healthy(timeout_s=30)
+    a1 = two_nodes.addresses[0]
+    st = await coordinator_request([a1], ["status"])
+    old = st["workers"][1]["pid"]
+    os.kill(old, signal.SIGKILL)
+
+    async def restarted():
+        s = await coordinator_request([a1], ["status"])
+        w = s["workers"][1]
+        return w["up"] and w["pid"] != old and w["restarts"] == 1 and s
+
+    s = await _wait(restarted)
+    assert s["workers"][0]["restarts"] == 0
+    await two_nodes.wait_healthy(timeout_s=30)
+
+
+async def test_bad_requests_get_errors_and_garbage_is_dropped(two_nodes: LocalCluster) -> None:
+    await two_nodes.wait_healthy(timeout_s=30)
+    a1 = two_nodes.addresses[0]
+    stream = await trio.open_tcp_stream("127.0.0.1", two_nodes.nodes["n1"].port)
+    await stream.send_all(protocol.encode([7, "frobnicate"]))
+    buf = protocol.FrameBuffer()
+    with trio.fail_after(5):
+        while not (frames := buf.frames()):
+            buf.feed(await stream.receive_some(4096))
+    assert frames[0][:2] == [7, "error"]
+    await stream.send_all(b"\xff" * 64)  # a 4 GB length prefix: the connection is dropped
+    with trio.fail_after(5):
+        while await stream.receive_some(4096):
+            pass
+    await stream.aclose()
+    assert await coordinator_request([a1], ["ping"]) == "n1"
+
+
+def _node_pids(node) -> tuple[int, list[int]]:
+    import subprocess
+
+    out = subprocess.run(["ps", "-o", "pid=", "-g", str(node.pgid)], capture_output=True, text=True).stdout
+    pids = [int(p) for p in out.split()]
+    return node.process.pid, [p for p in pids if p != node.process.pid]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signals_stop_everything_cleanly(tmp_path: Path, sig: int) -> None:
+    cluster = LocalCluster(tmp_path, nodes=1, workers=3, groups=6, env=FAKE)
+    cluster.start()
+    try:
+        await cluster.wait_healthy(timeout_s=30)
+        node = cluster.nodes["n1"]
+        _, workers = _node_pids(node)
+        assert len(workers) == 3
+        node.process.send_signal(sig)
+        assert node.wait_stopped(15), "did not stop by itself"
+        assert node.process.returncode == 0
+        assert not any(_alive(p) for p in workers)
+        assert "stopped" in node.log_text()
+    finally:
+        cluster.stop()
+
+
+async def test_workers_exit_when_the_coordinator_is_killed(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, nodes=1, workers=2, groups=4, env=FAKE)
+    cluster.start()
+    try:
+        await cluster.wait_healthy(timeout_s=30)
+        node = cluster.nodes["n1"]
+        coord, workers = _node_pids(node)
+        os.kill(coord, signal.SIGKILL)  # the coordinator alone, not its group
+        node.process.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in workers), "orphaned workers"
+        # the node restarts on the same data directory, same placement
+        node.start()
+        await cluster.wait_healthy(timeout_s=30)
+    finally:
+        cluster.stop()
+
+
+async def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, nodes=1, workers=2, groups=4, env=FAKE)
+    node = cluster.nodes["n1"]
+    s = socket.socket()
+    s.bind(("127.0.0.1", node.port + 52))  # worker 1's client port
+    s.listen()
+    try:
+        node.start()
+        node.process.wait(timeout=30)
+        assert node.process.returncode == 2
+        lines = node.log_text().strip().splitlines()
+        assert len(lines) == 1 and "worker 1's client port" in lines[0], lines
+    finally:
+        s.close()
+        cluster.stop()
+
+
+def test_worker_config_matches_the_contract_and_the_worker_accepts_it(tmp_path: Path) -> None:
+    from multiraft.coordinator import Coordinator
+    from multiraft.protocol import WORKER_CONFIG_KEYS
+
+    setup = prepare_node(RawOptions(data_dir=str(tmp_path / "d"), workers=3, groups=10, node_id="n1",
+                                    peers="n1=127.0.0.1:7100,n2=127.0.0.1:7200"))
+    try:
+        coordinator = Coordinator(setup, worker_argv=["true"])
+        for w in coordinator.workers:
+            config = coordinator._worker_config(w)
+            assert tuple(config) == WORKER_CONFIG_KEYS
+            assert config["raft_listen_url"] == f"tcp://127.0.0.1:{7101 + w.index}"
+            assert config["client_listen_address"] == f"127.0.0.1:{7151 + w.index}"
+            assert all(voters == sorted(voters) or len(voters) == 2 for voters in config["groups"].values())
+            try:
+                from workers.config import WorkerConfig
+            except ImportError:  # pragma: no cover - the worker is another process
+                continue
+            parsed = WorkerConfig.from_dict(config)
+            assert parsed.groups_total == 10 and set(parsed.groups) == set(config["groups"])
+    finally:
+        setup.release()
