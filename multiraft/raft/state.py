@@ -435,10 +435,7 @@ class RaftState:
     def check_invariants(self) -> None:
         self.log.check_invariants()
         self.conf.check_invariants()
-        assert self.log.last_term() <= self.term or self.term == 0 and self.log.last_index() == 0, (
-            self.log.last_term(),
-            self.term,
-        )
+        assert self.log.last_term() <= self.term, (self.log.last_term(), self.term)
         if self.role == StateRole.LEADER:
             assert self.leader == self.id
             assert self.vote == self.id, (self.vote, self.id)
