@@ -67,3 +67,34 @@ def test_simulation_is_identical_under_different_string_hash_seeds():
         ).stdout
         outputs.append([line.split(" in ")[1].split(", ", 1)[1] for line in out.splitlines() if line.startswith("seed ")])
     assert outputs[0] == outputs[1]
+
+
+def test_log_slice_respects_the_byte_budget_like_a_plain_loop():
+    # RaftLog.slice uses running byte totals and bisect; it must cut exactly
+    # where a plain loop over the entries would (at least one entry, then
+    # entries while the total stays within the budget).
+    import random
+
+    from multiraft.raft.log import RaftLog
+    from multiraft.raft.types import Entry
+
+    rng = random.Random(7)
+    for _ in range(300):
+        log = RaftLog()
+        n = rng.randint(1, 40)
+        log.append([Entry(1, i + 1, 0, b"x" * rng.randint(0, 50)) for i in range(n)])
+        if rng.random() < 0.5:
+            log.committed = log.applied = log.applying = rng.randint(0, n)
+            log.stable_index = n
+            if log.applied:
+                log.compact(rng.randint(0, log.applied) or 1)
+        lo = rng.randint(log.first_index(), log.last_index() + 1)
+        hi = rng.randint(lo, log.last_index() + 2)
+        budget = rng.randint(0, 400)
+        want, size = [], 0
+        for e in log.entries[lo - log.first_index() : hi - log.first_index()]:
+            size += len(e.data) + 24
+            if want and size > budget:
+                break
+            want.append(e)
+        assert log.slice(lo, hi, budget) == want, (lo, hi, budget)

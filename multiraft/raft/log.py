@@ -9,9 +9,11 @@ Layout: `entries[k].index == offset + k`, where `offset == snapshot_index + 1`.
 
 from __future__ import annotations
 
+import bisect
+
 import attrs
 
-from .types import Entry, Snapshot
+from .types import ENTRY_OVERHEAD_BYTES, Entry, Snapshot
 
 
 class LogUnavailable(Exception):
@@ -23,6 +25,10 @@ class RaftLog:
     snapshot_index: int = 0
     snapshot_term: int = 0
     entries: list[Entry] = attrs.field(factory=list)
+    # Running byte totals: entries[k:j] weigh _cum[j] - _cum[k] bytes (what
+    # flow control and batching count). Invariant: len(_cum) == len(entries)+1.
+    # Keeps slicing and size accounting O(1) instead of a Python loop per entry.
+    _cum: list[int] = attrs.field(factory=lambda: [0])
     # Invariants: snapshot_index <= applied <= committed <= last_index();
     # snapshot_index <= stable_index <= last_index().
     committed: int = 0
@@ -47,6 +53,7 @@ class RaftLog:
             self.stable_index,
             last,
         )
+        assert len(self._cum) == len(self.entries) + 1
         if self.entries:
             assert self.entries[0].index == self.snapshot_index + 1
             assert self.entries[-1].index == last
@@ -89,15 +96,18 @@ class RaftLog:
             raise LogUnavailable(low)
         start = low - self.snapshot_index - 1
         stop = min(high, self.last_index() + 1) - self.snapshot_index - 1
-        out: list[Entry] = []
-        size = 0
-        for k in range(start, stop):
-            e = self.entries[k]
-            size += len(e.data) + 24
-            if out and size > size_bytes_max:
-                break
-            out.append(e)
-        return out
+        if stop <= start:
+            return []
+        cum = self._cum
+        if cum[stop] - cum[start] > size_bytes_max:
+            # The first position whose running total passes the budget.
+            stop = max(start + 1, bisect.bisect_right(cum, cum[start] + size_bytes_max, start, stop) - 1)
+        return self.entries[start:stop]
+
+    def size_bytes(self, low: int, high: int) -> int:
+        """The weight of entries [low, high) (both within the log)."""
+        base = self.snapshot_index + 1
+        return self._cum[high - base] - self._cum[low - base]
 
     def unstable_entries(self) -> list[Entry]:
         k = self.stable_index - self.snapshot_index
@@ -135,9 +145,15 @@ class RaftLog:
         keep = first - self.snapshot_index - 1
         if keep < len(self.entries):
             del self.entries[keep:]
+            del self._cum[keep + 1 :]
             # Replaced entries are no longer stable, whatever was persisted.
             self.stable_index = min(self.stable_index, first - 1)
         self.entries.extend(entries)
+        cum = self._cum
+        total = cum[-1]
+        for e in entries:
+            total += len(e.data) + ENTRY_OVERHEAD_BYTES
+            cum.append(total)
 
     def maybe_append(
         self, prev_index: int, prev_term: int, committed: int, entries: tuple[Entry, ...]
@@ -184,6 +200,7 @@ class RaftLog:
         self.snapshot_index = meta.index
         self.snapshot_term = meta.term
         self.entries = []
+        self._cum = [0]
         self.committed = meta.index
         self.applied = meta.index
         self.applying = meta.index
@@ -199,6 +216,7 @@ class RaftLog:
         assert term is not None
         drop = index - self.snapshot_index
         del self.entries[:drop]
+        del self._cum[:drop]  # differences stay right: totals are relative
         self.snapshot_index = index
         self.snapshot_term = term
         self.stable_index = max(self.stable_index, index)

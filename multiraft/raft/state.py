@@ -31,6 +31,7 @@ from .progress import Inflights, Progress, ProgressState
 from .types import (
     ConfState,
     Entry,
+    ENTRY_OVERHEAD_BYTES,
     EntryType,
     HardState,
     Message,
@@ -485,7 +486,9 @@ class RaftState:
         # A no-op entry of our term: committing it commits everything before
         # (§5.4.2, only current-term entries commit by counting) and lets reads
         # be served (thesis §6.4).
-        self._append_entries([Entry(self.term, 0, EntryType.NORMAL, b"")])
+        index = self.log.last_index() + 1
+        self.log.append([Entry(self.term, index, int(EntryType.NORMAL), b"")])
+        self._uncommitted_bytes += ENTRY_OVERHEAD_BYTES
         self._bcast_pending = True
 
     def _reset_common(self) -> None:
@@ -833,8 +836,8 @@ class RaftState:
         first_commit_in_term = self.log.term(self.log.committed) != self.term
         old = self.log.committed
         self.log.commit_to(index)
-        for e in self.log.slice(old + 1, index + 1, 1 << 62):
-            self._uncommitted_bytes -= e.size_bytes()
+        if old + 1 > self.log.snapshot_index:
+            self._uncommitted_bytes -= self.log.size_bytes(old + 1, index + 1)
         self._uncommitted_bytes = max(0, self._uncommitted_bytes)
         if first_commit_in_term and self._reads_waiting_commit:
             waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
@@ -852,7 +855,7 @@ class RaftState:
         """Append entries as leader. `internal` proposals (leaving a joint
         config) skip the uncommitted-bytes limit: they must never fail."""
         self._check_can_propose()
-        size = sum(len(d) + 24 for d in datas)
+        size = sum(map(len, datas)) + ENTRY_OVERHEAD_BYTES * len(datas)
         if (
             not internal
             and self._uncommitted_bytes
@@ -860,19 +863,11 @@ class RaftState:
         ):
             raise Busy("too many uncommitted bytes", self.id)
         first = self.log.last_index() + 1
-        self._append_entries([Entry(self.term, 0, entry_type, d) for d in datas])
+        term, kind = self.term, int(entry_type)
+        self.log.append([Entry(term, first + k, kind, d) for k, d in enumerate(datas)])
+        self._uncommitted_bytes += size
         self._bcast_pending = True
         return first
-
-    def _append_entries(self, entries: list[Entry]) -> None:
-        """Leader: number the entries and append them to our own log."""
-        index = self.log.last_index()
-        numbered = []
-        for e in entries:
-            index += 1
-            numbered.append(Entry(self.term, index, int(e.type), e.data))
-            self._uncommitted_bytes += len(e.data) + 24
-        self.log.append(numbered)
 
     def _bcast_append(self) -> None:
         for node, pr in self.progress.items():
@@ -934,7 +929,7 @@ class RaftState:
             if entries:
                 last = entries[-1].index
                 pr.next_index = last + 1
-                pr.inflights.add(last, sum(e.size_bytes() for e in entries))
+                pr.inflights.add(last, self.log.size_bytes(entries[0].index, last + 1))
         elif pr.state == ProgressState.PROBE:
             pr.probe_sent = True
         return True

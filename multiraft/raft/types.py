@@ -24,6 +24,10 @@ class EntryType(enum.IntEnum):
     CONF_CHANGE = 1
 
 
+# What flow control and batching count per entry besides its payload.
+ENTRY_OVERHEAD_BYTES = 24
+
+
 class Entry(NamedTuple):
     term: int
     index: int
@@ -32,7 +36,7 @@ class Entry(NamedTuple):
 
     def size_bytes(self) -> int:
         # What flow control and batching count: payload plus a fixed header.
-        return len(self.data) + 24
+        return len(self.data) + ENTRY_OVERHEAD_BYTES
 
 
 class HardState(NamedTuple):
