@@ -309,9 +309,16 @@ class RaftState:
             return True
         if self.log.has_next_committed():
             return True
-        if self._hard_state() != self._prev_hard_state:
-            return True
-        return self._soft_state() != self._prev_soft_state
+        # Field by field: called for every group on every round, so build no
+        # HardState/SoftState just to compare them.
+        hs, ss = self._prev_hard_state, self._prev_soft_state
+        return (
+            self.term != hs.term
+            or self.vote != hs.vote
+            or self.log.committed != hs.commit
+            or self.leader != ss.leader
+            or self.role != ss.role
+        )
 
     def ready(self) -> Ready:
         assert not self._ready_outstanding, "advance() the previous Ready first"
