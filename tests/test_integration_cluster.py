@@ -202,8 +202,21 @@ async def test_puts_and_gets_through_the_client_and_the_cli(cluster: LocalCluste
     assert r.returncode == 0 and b'"groups"' in r.stdout
 
 
+def _replicas_identical(status: dict) -> bool:
+    # Statuses are gathered from several processes at slightly different
+    # moments; a quiet cluster converges, so wait for one consistent picture.
+    for g in status["groups"]:
+        reps = g["replicas"]
+        if not g["leader"] or any(r["applied"] is None for r in reps):
+            return False
+        if len({r["applied"] for r in reps} | {r["commit"] for r in reps} | {g["commit"]}) != 1:
+            return False
+    return True
+
+
 async def test_replicas_hold_identical_data(cluster: LocalCluster) -> None:
-    status = await cluster.wait_caught_up(timeout_s=60)
+    await cluster.wait_caught_up(timeout_s=60)
+    status = await cluster.wait_for(_replicas_identical, timeout_s=60, what="replicas to agree")
     for g in status["groups"]:
         applied = {r["applied"] for r in g["replicas"]}
         commits = {r["commit"] for r in g["replicas"]}
