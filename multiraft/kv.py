@@ -13,7 +13,12 @@ therefore encoded here with `struct`.
 Commands
 --------
 `Put(key, value)`, `Delete(key)`, `Cas(key, expected, new)` are writes and
-carry `(client_id, seq)` for exactly-once application (Raft thesis §6.3).
+carry `(client_id, seq)` for exactly-once application (Raft thesis §6.3), as do
+the writes added for the Redis front-end (docs/resp.md): `PutMany(items)`
+(several puts and deletes of one group in one entry: MSET, DEL),
+`Incr(key, delta)` (INCRBY on a decimal int64 value, as Redis parses them),
+`Append(key, suffix)` and `PutIf(key, value, condition)` (SET NX/XX/GET,
+GETSET, SETNX).
 `Get(key)` may also travel through the log (e.g. for a simulator that wants
 reads ordered like writes); `Noop()` does nothing. Empty data (`b""`, a new
 leader's empty entry) is also a no-op.
@@ -26,6 +31,11 @@ Command format, version 1 (all integers big-endian, unsigned)::
     DELETE (op 2): u64 client_id | u64 seq | blob key
     CAS    (op 3): u64 client_id | u64 seq | blob key | opt expected | opt new
     GET    (op 4): blob key
+    PUT_MANY (op 5): u64 client_id | u64 seq | u32 count (>= 1) | count x (blob key | opt value)
+    INCR   (op 6): u64 client_id | u64 seq | blob key | i64 delta
+    APPEND (op 7): u64 client_id | u64 seq | blob key | blob suffix
+    PUT_IF (op 8): u64 client_id | u64 seq | blob key | blob value | u8 condition
+                   (0 always, 1 only if absent, 2 only if present)
     blob = u32 length | bytes;   opt = u8 0 (None) | u8 1, blob
 
 A command decodes only if it is exactly this, with nothing after it, and its
@@ -66,6 +76,12 @@ canonical and nothing may follow it)::
             tag 1 PutResult:    u8 prev_existed (0/1)
             tag 2 DeleteResult: u8 existed (0/1)
             tag 3 CasResult:    u8 ok (0/1) | opt current
+            tag 4 PutManyResult: u32 existed
+            tag 5 IncrResult:   u8 error (0 ok, 1 not an integer, 2 overflow) | i64 value (0 on error)
+            tag 6 AppendResult: u8 ok (0/1) | u64 length (0 when not ok)
+            tag 7 PutIfResult:  u8 done (0/1) | opt previous
+        (tags 4 to 7 came with the Redis front-end; an image holding them is
+        refused, not misread, by code that predates them)
     u64 key_count, then per key in strictly increasing byte order:
         blob key | blob value
 """
@@ -89,6 +105,8 @@ __all__ = [
     "SNAPSHOT_MAGIC",
     "VALUE_SIZE_BYTES_MAX",
     "ApplyOrderError",
+    "Append",
+    "AppendResult",
     "Cas",
     "CasResult",
     "Command",
@@ -99,19 +117,33 @@ __all__ = [
     "DeleteResult",
     "Get",
     "GetResult",
+    "INCR_NOT_INTEGER",
+    "INCR_OVERFLOW",
+    "Incr",
+    "IncrResult",
     "InvalidCommand",
     "KVCommandError",
     "KVError",
     "KVStateMachine",
     "Noop",
+    "PUT_IF_ABSENT",
+    "PUT_IF_ALWAYS",
+    "PUT_IF_PRESENT",
     "Put",
+    "PutIf",
+    "PutIfResult",
+    "PutMany",
+    "PutManyResult",
     "PutResult",
     "Scan",
+    "ScanKeys",
+    "ScanKeysResult",
     "ScanResult",
     "SnapshotFormatError",
     "StaleRequest",
     "decode_command",
     "encode_command",
+    "parse_int64",
 ]
 
 KEY_SIZE_BYTES_MAX = 64 * 1024
@@ -129,10 +161,25 @@ OP_PUT = 1
 OP_DELETE = 2
 OP_CAS = 3
 OP_GET = 4
+OP_PUT_MANY = 5
+OP_INCR = 6
+OP_APPEND = 7
+OP_PUT_IF = 8
+_KEYED_WRITES = (OP_PUT, OP_DELETE, OP_CAS, OP_INCR, OP_APPEND, OP_PUT_IF)
+
+PUT_IF_ALWAYS = 0
+PUT_IF_ABSENT = 1  # Redis SET NX
+PUT_IF_PRESENT = 2  # Redis SET XX
+
+INCR_NOT_INTEGER = 1
+INCR_OVERFLOW = 2
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
 
 _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
 _HEAD = struct.Struct(">BB")
 _WRITE_HEAD = struct.Struct(">BBQQI")  # version, op, client_id, seq, key length
 _SESSION_IDS = struct.Struct(">QQ")
@@ -142,6 +189,10 @@ _SNAP_SESSION = struct.Struct(">QQQB")  # client_id, last_seq, last_index, resul
 _RESULT_PUT = 1
 _RESULT_DELETE = 2
 _RESULT_CAS = 3
+_RESULT_PUT_MANY = 4
+_RESULT_INCR = 5
+_RESULT_APPEND = 6
+_RESULT_PUT_IF = 7
 
 
 # --- errors ---------------------------------------------------------------
@@ -214,7 +265,53 @@ class Cas:
     seq: int = 0
 
 
-Command = Noop | Get | Put | Delete | Cas
+@attrs.frozen
+class PutMany:
+    """Apply `items`, pairs (key, value or None), in order, as one command:
+    a value sets its key, None deletes it. All or nothing (one log entry), so
+    every key should belong to the same group (Redis MSET and DEL per group)."""
+
+    items: tuple[tuple[bytes, bytes | None], ...]
+    client_id: int = 0
+    seq: int = 0
+
+
+@attrs.frozen
+class Incr:
+    """Add `delta` (a signed 64-bit int) to the integer stored at `key` (absent:
+    0). The value must be a decimal int64 written as Redis writes one (no sign
+    but '-', no leading zeros, no spaces); the result must fit in an int64."""
+
+    key: bytes
+    delta: int
+    client_id: int = 0
+    seq: int = 0
+
+
+@attrs.frozen
+class Append:
+    """Append `suffix` to the value at `key` (absent: the empty value)."""
+
+    key: bytes
+    suffix: bytes
+    client_id: int = 0
+    seq: int = 0
+
+
+@attrs.frozen
+class PutIf:
+    """Set `key` to `value` if `condition` holds (PUT_IF_ALWAYS, PUT_IF_ABSENT:
+    the key is absent, PUT_IF_PRESENT: it exists); the result carries the
+    previous value either way."""
+
+    key: bytes
+    value: bytes
+    condition: int = PUT_IF_ALWAYS
+    client_id: int = 0
+    seq: int = 0
+
+
+Command = Noop | Get | Put | Delete | Cas | PutMany | Incr | Append | PutIf
 
 
 # --- read-only queries (KVStateMachine.read only; never in the log) -------
@@ -233,6 +330,18 @@ class Scan:
 @attrs.frozen
 class Count:
     """The number of keys."""
+
+
+@attrs.frozen
+class ScanKeys:
+    """Keys only: up to `limit` keys (None: all) >= `start` starting with
+    `prefix`, in increasing order, and at most `bytes_max` bytes of them (None:
+    no bound; always at least one key). The result says where to go on."""
+
+    start: bytes = b""
+    prefix: bytes = b""
+    limit: int | None = None
+    bytes_max: int | None = None
 
 
 # --- results --------------------------------------------------------------
@@ -273,6 +382,48 @@ class CountResult:
 
 
 @attrs.frozen
+class ScanKeysResult:
+    """`next`: the first key left out (start the next page there), or None when
+    no key of the range is left."""
+
+    keys: tuple[bytes, ...]
+    next: bytes | None
+
+
+@attrs.frozen
+class PutManyResult:
+    """How many of the items found their key present when they applied (for a
+    DEL, the number of keys deleted)."""
+
+    existed: int
+
+
+@attrs.frozen
+class IncrResult:
+    """`value`: the new value, or None when nothing changed; then `error` is
+    INCR_NOT_INTEGER or INCR_OVERFLOW."""
+
+    value: int | None
+    error: int = 0
+
+
+@attrs.frozen
+class AppendResult:
+    """`length`: the value's new length, or None when it would have exceeded the
+    value size limit (nothing changed)."""
+
+    length: int | None
+
+
+@attrs.frozen
+class PutIfResult:
+    """`done`: whether the value was set; `previous`: the value before."""
+
+    done: bool
+    previous: bytes | None
+
+
+@attrs.frozen
 class StaleRequest:
     """`seq` is older than the client's last applied `last_seq`: a delayed
     duplicate. Nothing was applied; the client has already had its answer."""
@@ -289,7 +440,7 @@ class InvalidCommand:
     reason: str
 
 
-WriteResult = PutResult | DeleteResult | CasResult
+WriteResult = PutResult | DeleteResult | CasResult | PutManyResult | IncrResult | AppendResult | PutIfResult
 
 
 # --- command codec --------------------------------------------------------
@@ -368,7 +519,87 @@ def encode_command(
         return b"".join((_HEAD.pack(COMMAND_FORMAT_VERSION, OP_GET), _U32.pack(len(key)), key))
     if kind is Noop:
         return _HEAD.pack(COMMAND_FORMAT_VERSION, OP_NOOP)
+    if kind is PutMany:
+        return _encode_put_many(cmd, key_size_bytes_max, value_size_bytes_max)
+    if kind is Incr:
+        key = _check_blob(cmd.key, "key", key_size_bytes_max)
+        delta = cmd.delta
+        if type(delta) is not int or not _I64_MIN <= delta <= _I64_MAX:
+            raise KVCommandError(f"delta must be an int in [-2**63, 2**63), not {delta!r}")
+        return b"".join((_write_head(OP_INCR, cmd, key), key, _I64.pack(delta)))
+    if kind is Append:
+        key = _check_blob(cmd.key, "key", key_size_bytes_max)
+        suffix = _check_blob(cmd.suffix, "suffix", value_size_bytes_max)
+        return b"".join((_write_head(OP_APPEND, cmd, key), key, _U32.pack(len(suffix)), suffix))
+    if kind is PutIf:
+        key = _check_blob(cmd.key, "key", key_size_bytes_max)
+        value = _check_blob(cmd.value, "value", value_size_bytes_max)
+        if cmd.condition not in (PUT_IF_ALWAYS, PUT_IF_ABSENT, PUT_IF_PRESENT) or type(cmd.condition) is not int:
+            raise KVCommandError(f"condition must be 0, 1 or 2, not {cmd.condition!r}")
+        return b"".join(
+            (_write_head(OP_PUT_IF, cmd, key), key, _U32.pack(len(value)), value, _U8.pack(cmd.condition))
+        )
     raise KVCommandError(f"not a KV command: {cmd!r}")
+
+
+def _write_head(op: int, cmd: Incr | Append | PutIf, key: bytes) -> bytes:
+    return _WRITE_HEAD.pack(
+        COMMAND_FORMAT_VERSION,
+        op,
+        _check_u64(cmd.client_id, "client_id"),
+        _check_u64(cmd.seq, "seq"),
+        len(key),
+    )
+
+
+def _encode_put_many(cmd: PutMany, key_size_bytes_max: int, value_size_bytes_max: int) -> bytes:
+    items = cmd.items
+    if type(items) not in (tuple, list) or not items:
+        raise KVCommandError("PutMany items must be a non-empty tuple of (key, value or None)")
+    if len(items) >= 1 << 32:
+        raise KVCommandError(f"PutMany of {len(items)} items is too many")
+    parts = [
+        _WRITE_HEAD.pack(
+            COMMAND_FORMAT_VERSION,
+            OP_PUT_MANY,
+            _check_u64(cmd.client_id, "client_id"),
+            _check_u64(cmd.seq, "seq"),
+            len(items),
+        )
+    ]
+    pack = _U32.pack
+    for item in items:
+        if type(item) not in (tuple, list) or len(item) != 2:
+            raise KVCommandError(f"a PutMany item is (key, value or None), not {item!r}")
+        key, value = item
+        _check_blob(key, "key", key_size_bytes_max)
+        parts.append(pack(len(key)))
+        parts.append(key)
+        if value is None:
+            parts.append(b"\x00")
+        else:
+            _check_blob(value, "value", value_size_bytes_max)
+            parts.append(b"\x01" + pack(len(value)))
+            parts.append(value)
+    return b"".join(parts)
+
+
+def parse_int64(data: bytes) -> int | None:
+    """The int64 that `data` spells in decimal as Redis writes one (string2ll:
+    an optional '-', no '+', no leading zeros, no spaces, "-0" refused), or None."""
+    n = len(data)
+    if not 0 < n <= 20:
+        return None
+    if n == 1:
+        c = data[0]
+        return c - 48 if 48 <= c <= 57 else None
+    digits = data[1:] if data[0] == 45 else data  # b"-"
+    if not digits or not 49 <= digits[0] <= 57 or not digits.isdigit():
+        return None  # bytes.isdigit is ASCII-only
+    value = int(digits)
+    if data[0] == 45:
+        value = -value
+    return value if _I64_MIN <= value <= _I64_MAX else None
 
 
 def _read_blob(data: bytes, pos: int, what: str, size_bytes_max: int) -> tuple[bytes, int]:
@@ -427,11 +658,13 @@ def decode_command(
     if version != COMMAND_FORMAT_VERSION:
         raise CommandDecodeError(f"unsupported command format version {version}")
     op = data[1]
-    if op in (OP_PUT, OP_DELETE, OP_CAS):
+    if op in _KEYED_WRITES:
         if size < 18:
             raise CommandDecodeError(f"truncated: {size} bytes, a write has at least 18")
         client_id, seq = _SESSION_IDS.unpack_from(data, 2)
         key, pos = _read_blob(data, 18, "key", key_size_bytes_max)
+        if op >= OP_INCR:
+            return _decode_keyed(op, data, pos, key, client_id, seq, value_size_bytes_max)
         if op == OP_PUT:
             value, pos = _read_blob(data, pos, "value", value_size_bytes_max)
             _expect_end(data, pos)
@@ -450,7 +683,51 @@ def decode_command(
     if op == OP_NOOP:
         _expect_end(data, 2)
         return Noop()
+    if op == OP_PUT_MANY:
+        return _decode_put_many(data, key_size_bytes_max, value_size_bytes_max)
     raise CommandDecodeError(f"unknown command op {op}")
+
+
+def _decode_keyed(
+    op: int, data: bytes, pos: int, key: bytes, client_id: int, seq: int, value_size_bytes_max: int
+) -> Command:
+    if op == OP_INCR:
+        if len(data) - pos < 8:
+            raise CommandDecodeError(f"truncated: no delta at offset {pos}")
+        (delta,) = _I64.unpack_from(data, pos)
+        _expect_end(data, pos + 8)
+        return Incr(key, delta, client_id, seq)
+    if op == OP_APPEND:
+        suffix, pos = _read_blob(data, pos, "suffix", value_size_bytes_max)
+        _expect_end(data, pos)
+        return Append(key, suffix, client_id, seq)
+    value, pos = _read_blob(data, pos, "value", value_size_bytes_max)
+    if pos >= len(data):
+        raise CommandDecodeError(f"truncated: no condition at offset {pos}")
+    condition = data[pos]
+    if condition > PUT_IF_PRESENT:
+        raise CommandDecodeError(f"bad PutIf condition {condition}")
+    _expect_end(data, pos + 1)
+    return PutIf(key, value, condition, client_id, seq)
+
+
+def _decode_put_many(data: bytes, key_size_bytes_max: int, value_size_bytes_max: int) -> PutMany:
+    if len(data) < 22:
+        raise CommandDecodeError(f"truncated: {len(data)} bytes, a PutMany has at least 22")
+    client_id, seq = _SESSION_IDS.unpack_from(data, 2)
+    (count,) = _U32.unpack_from(data, 18)
+    if count == 0:
+        raise CommandDecodeError("PutMany of no items")
+    if count * 5 > len(data) - 22:  # every item takes at least 5 bytes
+        raise CommandDecodeError(f"truncated: {count} PutMany items cannot fit in {len(data)} bytes")
+    pos = 22
+    items = []
+    for _ in range(count):
+        key, pos = _read_blob(data, pos, "key", key_size_bytes_max)
+        value, pos = _read_opt_blob(data, pos, "value", value_size_bytes_max)
+        items.append((key, value))
+    _expect_end(data, pos)
+    return PutMany(tuple(items), client_id, seq)
 
 
 # --- snapshot reading -----------------------------------------------------
@@ -535,6 +812,17 @@ def _encode_result(result: WriteResult) -> bytes:
         return b"\x02\x01" if result.existed else b"\x02\x00"
     if kind is CasResult:
         return (b"\x03\x01" if result.ok else b"\x03\x00") + _opt_blob(result.current)
+    if kind is PutManyResult:
+        return _U8.pack(_RESULT_PUT_MANY) + _U32.pack(result.existed)
+    if kind is IncrResult:
+        value = 0 if result.value is None else result.value
+        return _U8.pack(_RESULT_INCR) + _U8.pack(result.error) + _I64.pack(value)
+    if kind is AppendResult:
+        if result.length is None:
+            return _U8.pack(_RESULT_APPEND) + b"\x00" + _U64.pack(0)
+        return _U8.pack(_RESULT_APPEND) + b"\x01" + _U64.pack(result.length)
+    if kind is PutIfResult:
+        return _U8.pack(_RESULT_PUT_IF) + (b"\x01" if result.done else b"\x00") + _opt_blob(result.previous)
     raise AssertionError(f"not a cacheable result: {result!r}")
 
 
@@ -546,6 +834,24 @@ def _decode_result(tag: int, reader: _ChunkReader) -> WriteResult:
     if tag == _RESULT_CAS:
         ok = reader.flag("CasResult.ok")
         return CasResult(ok, reader.opt_blob("CasResult.current"))
+    if tag == _RESULT_PUT_MANY:
+        (existed,) = reader.unpack(_U32, "PutManyResult.existed")
+        return PutManyResult(existed)
+    if tag == _RESULT_INCR:
+        (error,) = reader.unpack(_U8, "IncrResult.error")
+        (value,) = reader.unpack(_I64, "IncrResult.value")
+        if error > INCR_OVERFLOW or (error and value):
+            raise SnapshotFormatError(f"bad IncrResult ({error}, {value})")
+        return IncrResult(None if error else value, error)
+    if tag == _RESULT_APPEND:
+        ok = reader.flag("AppendResult.ok")
+        (length,) = reader.unpack(_U64, "AppendResult.length")
+        if not ok and length:
+            raise SnapshotFormatError(f"bad AppendResult length {length}")
+        return AppendResult(length if ok else None)
+    if tag == _RESULT_PUT_IF:
+        done = reader.flag("PutIfResult.done")
+        return PutIfResult(done, reader.opt_blob("PutIfResult.previous"))
     raise SnapshotFormatError(f"unknown session result tag {tag}")
 
 
@@ -624,7 +930,8 @@ class KVStateMachine:
     def apply(self, index: int, data: bytes) -> object:
         """Apply the committed entry `index`; return the client's result.
 
-        Results: `PutResult`, `DeleteResult`, `CasResult`, `GetResult`, `None`
+        Results: `PutResult`, `DeleteResult`, `CasResult`, `PutManyResult`,
+        `IncrResult`, `AppendResult`, `PutIfResult`, `GetResult`, `None`
         (Noop or empty data), `StaleRequest` or `InvalidCommand`. Raises only
         `ApplyOrderError` (index <= applied_index: a driver bug).
         """
@@ -662,8 +969,10 @@ class KVStateMachine:
             result: WriteResult = self._put(cmd.key, cmd.value)
         elif kind is Delete:
             result = DeleteResult(self._delete(cmd.key))
-        else:
+        elif kind is Cas:
             result = self._cas(cmd.key, cmd.expected, cmd.new)
+        else:
+            result = self._apply_more(cmd)
 
         if client_id and self.sessions_max:
             sessions = self._sessions
@@ -678,8 +987,9 @@ class KVStateMachine:
     def read(self, query: object) -> object:
         """Answer a read-only query from the current state, outside the log.
 
-        `query` is a `Get`, `Scan` or `Count`, or the encoded bytes of a `Get`.
-        Returns `GetResult`, `ScanResult` or `CountResult`; `InvalidCommand`
+        `query` is a `Get`, `Scan`, `ScanKeys` or `Count`, or the encoded bytes
+        of a `Get`. Returns `GetResult`, `ScanResult`, `ScanKeysResult` or
+        `CountResult`; `InvalidCommand`
         for bytes that are not an encoded `Get`. Raises `KVCommandError` for
         any other object (a caller bug).
         """
@@ -690,6 +1000,8 @@ class KVStateMachine:
             return ScanResult(tuple(self.scan(query.start, query.limit, prefix=query.prefix)))
         if kind is Count:
             return CountResult(len(self._data))
+        if kind is ScanKeys:
+            return self.scan_keys(query.start, query.limit, prefix=query.prefix, bytes_max=query.bytes_max)
         if isinstance(query, (bytes, bytearray, memoryview)):
             try:
                 cmd = decode_command(
@@ -830,6 +1142,40 @@ class KVStateMachine:
             i += 1
         return out
 
+    def scan_keys(
+        self,
+        start: bytes = b"",
+        limit: int | None = None,
+        *,
+        prefix: bytes = b"",
+        bytes_max: int | None = None,
+    ) -> ScanKeysResult:
+        """Up to `limit` keys (None: no limit) >= start with `prefix`, in
+        increasing order, at most `bytes_max` bytes of keys (but at least one
+        key); `next` is the first key left out, or None if none is."""
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
+        self._sync_sorted()
+        keys = self._sorted
+        i = bisect.bisect_left(keys, max(start, prefix))
+        n = len(keys)
+        stop = n if limit is None else min(n, i + limit)
+        out: list[bytes] = []
+        budget = bytes_max
+        while i < stop:
+            key = keys[i]
+            if not key.startswith(prefix):
+                return ScanKeysResult(tuple(out), None)
+            if budget is not None:
+                budget -= len(key)
+                if budget < 0 and out:
+                    break
+            out.append(key)
+            i += 1
+        if i < n and keys[i].startswith(prefix):
+            return ScanKeysResult(tuple(out), keys[i])
+        return ScanKeysResult(tuple(out), None)
+
     @property
     def session_count(self) -> int:
         return len(self._sessions)
@@ -879,6 +1225,43 @@ class KVStateMachine:
         else:
             self._put(key, new)
         return CasResult(True, new)
+
+    def _apply_more(self, cmd: PutMany | Incr | Append | PutIf) -> WriteResult:
+        kind = type(cmd)
+        data = self._data
+        if kind is PutMany:
+            existed = 0
+            for key, value in cmd.items:
+                if value is None:
+                    existed += self._delete(key)
+                else:
+                    existed += self._put(key, value).prev_existed
+            return PutManyResult(existed)
+        if kind is Incr:
+            old = data.get(cmd.key)
+            number = 0 if old is None else parse_int64(old)
+            if number is None:
+                return IncrResult(None, INCR_NOT_INTEGER)
+            number += cmd.delta
+            if not _I64_MIN <= number <= _I64_MAX:
+                return IncrResult(None, INCR_OVERFLOW)
+            self._put(cmd.key, b"%d" % number)
+            return IncrResult(number)
+        if kind is Append:
+            old = data.get(cmd.key, b"")
+            if len(old) + len(cmd.suffix) > self.value_size_bytes_max:
+                return AppendResult(None)
+            self._put(cmd.key, old + cmd.suffix)
+            return AppendResult(len(old) + len(cmd.suffix))
+        assert kind is PutIf
+        previous = data.get(cmd.key)
+        condition = cmd.condition
+        if (condition == PUT_IF_ABSENT and previous is not None) or (
+            condition == PUT_IF_PRESENT and previous is None
+        ):
+            return PutIfResult(False, previous)
+        self._put(cmd.key, cmd.value)
+        return PutIfResult(True, previous)
 
     def _created(self, key: bytes) -> None:
         if key in self._removed:
