@@ -60,6 +60,10 @@ and P+51+i (clients): at most 49 workers, and nodes on one host at least 100 por
 Group g's replicas are nodes[(g+k) % N] for k < replicas (nodes sorted by id).
 Restarting with the same --data-dir resumes the node (same groups, same data); layout
 options left out are read back from the data directory. Stop with Ctrl-C or SIGTERM.
+
+Growing a running cluster: start the new node with --join instead of --peers; it holds no
+replicas until multiraft-admin adds some (see multiraft-admin --help, docs/operations.md):
+  multiraft node --node-id n4 --listen 127.0.0.1:7400 --join 127.0.0.1:7100 --data-dir d/n4 --workers 2
 """
 
 
@@ -104,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--node-id", metavar="ID", help="this node's id (default n1)")
     node.add_argument("--listen", metavar="HOST:PORT", help="coordinator address (default 127.0.0.1:7100)")
     node.add_argument("--peers", metavar="ID=HOST:PORT,...", help="every node of the cluster, this one included")
+    node.add_argument("--join", metavar="HOST:PORT",
+                      help="join the running cluster of this coordinator as an empty node (first start only; "
+                           "then multiraft-admin adds replicas to it)")
     node.add_argument("--data-dir", metavar="DIR", help="data directory (default ./multiraft-data/NODE_ID)")
     node.add_argument("--workers", type=int, metavar="W", help="worker processes (default 2, at most 49)")
     node.add_argument("--groups", type=int, metavar="G", help="Raft groups (shards) in the cluster (default 64)")
@@ -122,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--poll-interval-ms", type=int, metavar="MS",
                       help="how often the coordinator polls its peers (default 500)")
     node.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
+    node.add_argument("--redis", metavar="HOST:PORT",
+                      help="also serve the Redis protocol there (a supervised child process; docs/resp.md)")
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cluster", metavar="HOST:PORT[,...]", default=argparse.SUPPRESS,
@@ -178,6 +187,8 @@ def _raw_node_options(args: argparse.Namespace) -> RawOptions:
         poll_interval_ms=args.poll_interval_ms,
         log_level=args.log_level,
         lease_reads=args.lease_reads,
+        join=args.join,
+        redis=args.redis,
     )
     if args.config:
         flags = flags.merged_over(load_toml(args.config))

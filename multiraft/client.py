@@ -68,6 +68,7 @@ __all__ = [
     "RequestError",
     "SyncClient",
     "Timeout",
+    "WrongValue",
     "open_client",
     "open_connection",
     "coordinator_request",
@@ -104,6 +105,16 @@ class Timeout(ClientError):
 class RequestError(ClientError):
     """The server refused the request as malformed (status "error"): retrying
     would not help."""
+
+
+class WrongValue(ClientError):
+    """The write applied as a no-op because of the value it found: `reason` is
+    "not_integer" or "overflow" (incr) or "too_large" (append). Retrying the
+    same operation gives the same answer until the value changes."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConnectionLost(Exception):
@@ -525,10 +536,12 @@ class Client:
                 continue
             node, address = target
             try:
-                with trio.move_on_at(deadline) as cs:
-                    conn = await self._connection(address)
-                if cs.cancelled_caught:
-                    continue
+                conn = self._conns.get(address)  # fast path: no cancel scope
+                if conn is None or conn.closed:
+                    with trio.move_on_at(deadline) as cs:
+                        conn = await self._connection(address)
+                    if cs.cancelled_caught:
+                        continue
             except OSError as exc:
                 problem = f"{node} ({address}): {exc}"
                 self._leaders.pop(group, None)
@@ -673,6 +686,106 @@ class Client:
         body = ["get", g, k, mode]
         return await self._execute(g, lambda: body, write=False, timeout_s=timeout_s, what=f"get {k!r}")
 
+    # --- operations added for the Redis front-end (multiraft.resp) ---
+
+    async def write_many(
+        self, items: Sequence[tuple[bytes | str, bytes | str | None]], *, timeout_s: float | None = None
+    ) -> int:
+        """Set (value) or delete (None) every key of `items`, in order: one
+        atomic log entry per group, the groups concurrently (so atomic per
+        group, not across groups). Returns how many items found their key
+        present. If a group fails, its error is raised once all are done; the
+        other groups' writes may have applied."""
+        by_group: dict[int, list[list]] = {}
+        for key, value in items:
+            k = _to_bytes(key, "key")
+            v = None if value is None else _to_bytes(value, "value")
+            by_group.setdefault(self.group_of(k), []).append([k, v])
+        results = await self._each_group(
+            sorted(by_group),
+            lambda g: self._write(g, "mput", [by_group[g]], timeout_s, f"mput of {len(by_group[g])} keys"),
+        )
+        return sum(int(r) for r in results)
+
+    async def incr(self, key: bytes | str, delta: int = 1, *, timeout_s: float | None = None) -> int:
+        """Add `delta` (an int64) to the decimal int64 stored at key (absent:
+        0), atomically; returns the new value. Raises WrongValue
+        ("not_integer", "overflow") and then nothing changed."""
+        k = _to_bytes(key, "key")
+        value, error = await self._write(self.group_of(k), "incr", [k, delta], timeout_s, f"incr {k!r}")
+        if error is not None:
+            raise WrongValue(f"incr {k!r}: {error}", error)
+        return int(value)
+
+    async def append(self, key: bytes | str, suffix: bytes | str, *, timeout_s: float | None = None) -> int:
+        """Append to key's value (absent: empty); returns the new length.
+        Raises WrongValue("too_large") past the value size limit."""
+        k = _to_bytes(key, "key")
+        s = _to_bytes(suffix, "suffix")
+        length = await self._write(self.group_of(k), "append", [k, s], timeout_s, f"append {k!r}")
+        if length is None:
+            raise WrongValue(f"append {k!r}: the value would exceed the size limit", "too_large")
+        return int(length)
+
+    async def put_if(
+        self, key: bytes | str, value: bytes | str, condition: str = "always", *, timeout_s: float | None = None
+    ) -> tuple[bool, bytes | None]:
+        """Set key to value if `condition` holds ("always", "absent",
+        "present"). Returns (done, the value before)."""
+        k = _to_bytes(key, "key")
+        v = _to_bytes(value, "value")
+        done, previous = await self._write(self.group_of(k), "putif", [k, v, condition], timeout_s, f"putif {k!r}")
+        return bool(done), previous
+
+    async def scan_keys(
+        self,
+        group: int,
+        start: bytes = b"",
+        prefix: bytes = b"",
+        limit: int | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> tuple[list[bytes], bytes | None]:
+        """One page of `group`'s keys >= start with `prefix`, in order
+        (linearizable). Returns (keys, next): `next` is where the next page
+        starts, None at the end."""
+        body = ["keys", group, bytes(start), bytes(prefix), limit]
+        keys, nxt = await self._execute(group, lambda: body, write=False, timeout_s=timeout_s, what="keys")
+        return list(keys), nxt
+
+    async def count(self, group: int | None = None, *, timeout_s: float | None = None) -> int:
+        """The number of keys of `group`, or of every group (None; the groups
+        are read one by one, so that sum is not one snapshot)."""
+        if group is not None:
+            body = ["count", group]
+            return int(await self._execute(group, lambda: body, write=False, timeout_s=timeout_s, what="count"))
+        results = await self._each_group(
+            list(range(self.groups_total)), lambda g: self.count(g, timeout_s=timeout_s)
+        )
+        return sum(results)
+
+    async def _each_group(self, groups: list[int], fn) -> list[Any]:
+        """fn(g) for every group concurrently; the first failure is raised
+        once all are done."""
+        results: list[Any] = [None] * len(groups)
+        errors: list[BaseException] = []
+
+        async def one(i: int, g: int) -> None:
+            try:
+                results[i] = await fn(g)
+            except ClientError as exc:
+                errors.append(exc)
+
+        if len(groups) == 1:
+            await one(0, groups[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for i, g in enumerate(groups):
+                    nursery.start_soon(one, i, g)
+        if errors:
+            raise errors[0]
+        return results
+
     def close(self) -> None:
         self._closed = True
         for conn in list(self._conns.values()):
@@ -786,6 +899,24 @@ class SyncClient:
 
     def cas(self, key, expected, new, **kw) -> tuple[bool, bytes | None]:
         return self._call(self._client.cas, key, expected, new, **kw)
+
+    def write_many(self, items, **kw) -> int:
+        return self._call(self._client.write_many, items, **kw)
+
+    def incr(self, key, delta: int = 1, **kw) -> int:
+        return self._call(self._client.incr, key, delta, **kw)
+
+    def append(self, key, suffix, **kw) -> int:
+        return self._call(self._client.append, key, suffix, **kw)
+
+    def put_if(self, key, value, condition: str = "always", **kw) -> tuple[bool, bytes | None]:
+        return self._call(self._client.put_if, key, value, condition, **kw)
+
+    def scan_keys(self, group: int, start: bytes = b"", prefix: bytes = b"", limit: int | None = None, **kw):
+        return self._call(self._client.scan_keys, group, start, prefix, limit, **kw)
+
+    def count(self, group: int | None = None, **kw) -> int:
+        return self._call(self._client.count, group, **kw)
 
     def cluster_status(self) -> dict:
         return self._call(self._client.cluster_status)

@@ -17,7 +17,12 @@ It
   ``poll_interval_ms``, merges the routing table (multiraft.placement) and
   pushes it to its workers;
 - serves ["routing"], ["status"], ["placement"], ["cluster_status"] and
-  ["ping"] on the node's --listen address (protocol channel 2).
+  ["ping"] on the node's --listen address (protocol channel 2);
+- keeps the cluster's members (members.json: nodes admitted by ["join"] on
+  any coordinator, nodes retired), exchanged with the peers in every poll;
+- runs multiraft-admin's jobs (["admin", ...], multiraft.jobs) and changes its
+  own placement for them (["add_replica"], ["drop_replica"], ["move_worker"]:
+  placement.json first, then the worker is told on its control pipe).
 
 It is never on the data path, and it never imports `workers` or `storage`:
 those run in other processes.
@@ -57,6 +62,7 @@ from multiraft.nodeconfig import (
     resolve,
 )
 from multiraft.placement import Placement, PlacementError, group_replicas, merge_cluster_status, merge_routing
+from multiraft.jobs import JobRunner
 from multiraft.sharding import KEY_HASH_NAME
 
 __all__ = [
@@ -74,11 +80,16 @@ __all__ = [
 
 CLUSTER_FILE = "cluster.json"
 PLACEMENT_FILE = "placement.json"
+MEMBERS_FILE = "members.json"
+MEMBERS_FORMAT = 1
 LOCK_FILE = "LOCK"
 CLUSTER_FORMAT = "multiraft-node"
 CLUSTER_FORMAT_VERSION = 1
 
 WORKER_STOP_TIMEOUT_S = 5.0
+GROUP_OP_TIMEOUT_S = 30.0
+# Channel 2 ops answered when done (placement changes wait for a worker).
+ASYNC_OPS = ("add_replica", "drop_replica", "move_worker", "admin")
 RESTART_BACKOFF_MIN_S = 0.1
 RESTART_BACKOFF_MAX_S = 5.0
 RESTART_BACKOFF_RESET_S = 10.0
@@ -167,6 +178,10 @@ def prepare_node(raw: RawOptions, *, cwd: Path | None = None) -> NodeSetup:
     lock it. Raises ConfigError (one line) on any operator mistake."""
     data_dir = data_dir_of(raw, cwd=cwd)
     stored = load_stored(data_dir)
+    joined = None
+    if stored is None and raw.join is not None:
+        joined = _join_cluster(raw)  # asks a running cluster; nothing written yet
+        stored = joined["doc"]
     options = resolve(raw, stored, cwd=cwd)
     try:
         options.data_dir.mkdir(parents=True, exist_ok=True)
@@ -174,6 +189,8 @@ def prepare_node(raw: RawOptions, *, cwd: Path | None = None) -> NodeSetup:
         raise ConfigError(f"cannot create data directory {options.data_dir}: {exc.strerror}") from None
     lock_fd = _lock(options.data_dir)
     try:
+        if joined is not None:
+            _write_joined(options, joined)
         placement = _load_or_create_placement(options, stored)
         for i in range(options.workers):
             (options.data_dir / "workers" / f"w{i}").mkdir(parents=True, exist_ok=True)
@@ -207,6 +224,111 @@ def _lock(data_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _join_cluster(raw: RawOptions) -> dict:
+    """`multiraft node --join HOST:PORT` on an empty data directory: ask that
+    coordinator to admit this node. Returns {"doc": the cluster.json to write,
+    "members": the cluster's members}. ConfigError if it refuses."""
+    from multiraft.client import ClientError, coordinator_request
+    from multiraft.nodeconfig import DEFAULT_WORKERS, check_node_id, parse_address
+
+    if raw.peers is not None:
+        raise ConfigError("--join and --peers exclude each other: a joining node learns the cluster from --join")
+    if raw.node_id is None:
+        raise ConfigError("--join needs --node-id (a name no other node of the cluster has)")
+    node_id = check_node_id(raw.node_id)
+    if raw.listen is None:
+        raise ConfigError("--join needs --listen HOST:PORT, the address the other nodes use for this node")
+    host, port = parse_address(raw.listen, what="--listen address")
+    if host in ("0.0.0.0", "::"):
+        raise ConfigError("--join needs --listen with the address the other nodes use (not 0.0.0.0)")
+    address = format_address(host, port)
+    workers = raw.workers if raw.workers is not None else DEFAULT_WORKERS
+    via = format_address(*parse_address(raw.join, what="--join address"))
+    request = ["join", node_id, address, workers]
+    try:
+        reply = trio.run(lambda: coordinator_request([via], request, timeout_s=10.0))
+    except ClientError as exc:
+        raise ConfigError(f"cannot join the cluster at {via}: {exc}") from None
+    try:
+        layout = reply["cluster"]
+        members = reply["members"]
+        assert isinstance(layout["nodes"], dict) and layout["nodes"] and isinstance(members, dict)
+        groups, replicas = int(layout["groups"]), int(layout["replicas"])
+    except (KeyError, TypeError, ValueError, AssertionError):
+        raise ConfigError(f"{via} answered the join with something unexpected") from None
+    for name, have in (("groups", groups), ("replicas", replicas)):
+        given = getattr(raw, name)
+        if given is not None and given != have:
+            raise ConfigError(f"the cluster at {via} has --{name} {have}, not {given}")
+    doc = {
+        "format": CLUSTER_FORMAT,
+        "format_version": CLUSTER_FORMAT_VERSION,
+        "node_id": node_id,
+        "cluster": {"nodes": dict(layout["nodes"]), "groups": groups, "replicas": replicas,
+                    "key_hash": layout.get("key_hash", KEY_HASH_NAME)},
+        "workers": workers,
+        "joined": {"address": address, "via": via},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "multiraft_version": getattr(multiraft, "__version__", "0"),
+    }
+    return {"doc": doc, "members": members}
+
+
+def _write_joined(options: NodeOptions, joined: dict) -> None:
+    """A joined node starts empty: no replicas until multiraft-admin adds some."""
+    data_dir = options.data_dir
+    placement = Placement(options.node_id, options.workers, options.groups, {}, {})
+    _atomic_write_json(data_dir / PLACEMENT_FILE, placement.to_plain())
+    _save_members(data_dir, _clean_members(joined["members"]))
+    _atomic_write_json(data_dir / CLUSTER_FILE, joined["doc"])  # last: the node exists once this does
+
+
+def _clean_members(doc: Any) -> dict[str, dict]:
+    """{node id: {"address", "epoch", "removed"}}, malformed entries left out."""
+    from multiraft.nodeconfig import check_node_id, parse_address
+
+    out: dict[str, dict] = {}
+    if not isinstance(doc, dict):
+        return out
+    for n, m in doc.items():
+        try:
+            check_node_id(n)
+            parse_address(m["address"])
+            out[n] = {"address": str(m["address"]), "epoch": int(m["epoch"]), "removed": bool(m["removed"])}
+        except (ConfigError, KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def _save_members(data_dir: Path, members: dict) -> None:
+    _atomic_write_json(data_dir / MEMBERS_FILE, {"format": MEMBERS_FORMAT, "members": members})
+
+
+def _initial_members(options: NodeOptions) -> dict[str, dict]:
+    """The cluster's members: members.json, or (on a first start) --peers."""
+    members = {n: {"address": format_address(h, p), "epoch": 0, "removed": False} for n, (h, p) in options.peers.items()}
+    path = options.data_dir / MEMBERS_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return members
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is unreadable: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != MEMBERS_FORMAT:
+        raise ConfigError(f"{path} was not written by this release")
+    for n, m in _clean_members(doc.get("members")).items():
+        cur = members.get(n)
+        if cur is None or _newer(m, cur):
+            members[n] = m
+    return members
+
+
+def _newer(m: dict, cur: dict) -> bool:
+    """Member record m supersedes cur: a later epoch (a rejoin), or the same
+    epoch retired (retirement is final within an epoch)."""
+    return m["epoch"] > cur["epoch"] or (m["epoch"] == cur["epoch"] and m["removed"] and not cur["removed"])
 
 
 def _load_or_create_placement(options: NodeOptions, stored: dict | None) -> Placement:
@@ -294,6 +416,12 @@ class WorkerHandle:
         self.status: dict[int, dict] = {}
         self.stats: dict = {}
         self.routing_sent = -1
+        # placement changes sent to the worker, answered by "group_op" frames
+        self.op_waiters: dict[tuple[str, int], tuple[trio.Event, dict]] = {}
+        self.send_lock = trio.Lock()
+        # groups deleted from placement while this worker was down: their
+        # data is deleted once it is back (in memory only; a leak at worst)
+        self.pending_wipes: set[int] = set()
 
     def info(self) -> dict:
         return {
@@ -318,6 +446,9 @@ class _Peer:
         self.groups: dict[int, int] | None = None
         self.status: dict[int, dict] = {}
         self.problem = ""
+        self.members: dict[str, dict] = {}  # its view of the cluster's members
+        self.busy: dict[int, str] = {}  # groups its admin jobs are changing
+        self.retired = False  # no longer a member: stop polling it
 
     def view(self) -> dict:
         return {
@@ -337,10 +468,16 @@ class Coordinator:
         self.node_id = options.node_id
         self.worker_argv = worker_argv or worker_command()
         self.workers = [WorkerHandle(i, self.placement.worker_groups(i)) for i in range(options.workers)]
-        self.plan = group_replicas(list(options.peers), options.groups, options.replicas)
+        # the bootstrap formula: only a fallback for groups nothing is known about
+        self.plan = group_replicas(list(options.bootstrap or options.peers), options.groups, options.replicas)
+        # every node that joined and was not retired (members.json)
+        self.members = _initial_members(options)
         self.peers = {
-            n: _Peer(n, format_address(h, p)) for n, (h, p) in options.peers.items() if n != self.node_id
+            n: _Peer(n, m["address"]) for n, m in sorted(self.members.items()) if n != self.node_id and not m["removed"]
         }
+        self.runner = JobRunner(self)
+        self.nursery: trio.Nursery | None = None
+        self._placement_lock = trio.Lock()
         self.routing: dict = {}
         self.routing_version = 0
         self._routing_key: Any = None
@@ -413,6 +550,8 @@ class Coordinator:
             "cluster": self.options.cluster_layout(),
             "workers": self.self_view()["workers"],
             "groups": dict(self.placement.group_worker),
+            "members": self.members,
+            "busy": self.runner.busy(),
         }
 
     def status_doc(self) -> dict:
@@ -450,10 +589,260 @@ class Coordinator:
             return protocol.OK, self.cluster_status_doc()
         if op == "ping":
             return protocol.OK, self.node_id
+        if op == "join" and len(request) == 5:
+            return self.join(request[2], request[3], request[4])
+        if op == "admin":
+            return protocol.ERROR, "admin requests are answered asynchronously (the node is starting or stopping)"
+        if op == "job" and len(request) == 3:
+            doc = self.runner.job_doc(request[2])
+            if doc is None:
+                return protocol.ERROR, f"no job {request[2]!r} on node {self.node_id} (jobs live in the coordinator that ran them, until it restarts)"
+            return protocol.OK, doc
+        if op == "jobs":
+            return protocol.OK, self.runner.list_docs()
         return protocol.ERROR, f"unknown op {op!r}"
+
+    # --- membership (multiraft-admin; multiraft.jobs runs the long changes) ---
+
+    def join(self, node_id: Any, address: Any, workers: Any) -> tuple[str, Any]:
+        """["join", node_id, "host:port", workers]: admit a new, empty node."""
+        from multiraft.nodeconfig import PORTS_PER_NODE, check_node_id, parse_address
+
+        try:
+            check_node_id(node_id)
+            host, port = parse_address(address, what="the joining node's address")
+        except ConfigError as exc:
+            return protocol.ERROR, str(exc)
+        address = format_address(host, port)
+        cur = self.members.get(node_id)
+        if cur is not None and not cur["removed"]:
+            if cur["address"] == address:
+                return protocol.OK, self._join_reply()  # already in (a retried join)
+            return protocol.ERROR, f"node id {node_id} is already a member of this cluster (at {cur['address']})"
+        for n, m in sorted(self.members.items()):
+            if m["removed"] or n == node_id:
+                continue
+            h, p = parse_address(m["address"])
+            if h == host and abs(p - port) < PORTS_PER_NODE:
+                return protocol.ERROR, (
+                    f"{address} is too close to node {n} ({m['address']}): a node uses ports P..P+99, "
+                    f"so nodes on one host must be at least {PORTS_PER_NODE} apart"
+                )
+        epoch = cur["epoch"] + 1 if cur is not None else 1
+        self.members[node_id] = {"address": address, "epoch": epoch, "removed": False}
+        _log.info("node %s (%s, %s workers) joins the cluster", node_id, address, workers)
+        self._members_changed()
+        return protocol.OK, self._join_reply()
+
+    def _join_reply(self) -> dict:
+        return {"cluster": {**self.options.cluster_layout(), "key_hash": KEY_HASH_NAME}, "members": self.members}
+
+    def _merge_members(self, theirs: Any) -> None:
+        changed = False
+        for n, m in _clean_members(theirs).items():
+            cur = self.members.get(n)
+            if cur is None or _newer(m, cur):
+                self.members[n] = m
+                changed = True
+        if changed:
+            self._members_changed()
+
+    def _members_changed(self) -> None:
+        """Persist the members and poll exactly the active ones."""
+        _save_members(self.options.data_dir, self.members)
+        for n, m in sorted(self.members.items()):
+            if n == self.node_id:
+                if m["removed"]:
+                    _log.warning("this node (%s) was retired from the cluster: the others ignore it now", n)
+                continue
+            peer = self.peers.get(n)
+            if m["removed"]:
+                if peer is not None:
+                    peer.retired = True
+                    del self.peers[n]
+                    _log.info("node %s was retired from the cluster", n)
+            elif peer is None or peer.address != m["address"]:
+                if peer is not None:
+                    peer.retired = True
+                peer = self.peers[n] = _Peer(n, m["address"])
+                _log.info("node %s (%s) is a member of the cluster", n, m["address"])
+                if self.nursery is not None:
+                    self.nursery.start_soon(self._poll_peer, peer, self.nursery)
+        self._mark_dirty()
+
+    def retire_member(self, node: str) -> None:
+        m = self.members[node]
+        self.members[node] = {**m, "removed": True}
+        self._members_changed()
+
+    def member_address(self, node: str) -> str | None:
+        m = self.members.get(node)
+        return m["address"] if m is not None and not m["removed"] else None
+
+    def peer_busy(self) -> dict[str, dict[int, str]]:
+        return {n: p.busy for n, p in self.peers.items() if p.up and p.busy}
+
+    def peers_not_knowing_removal(self, node: str) -> list[str]:
+        return sorted(n for n, p in self.peers.items() if p.up and not (p.members.get(node) or {}).get("removed"))
+
+    # --- this node's placement (asked by the admin jobs of any coordinator) ---
+
+    async def _answer_later(self, stream: trio.SocketStream, lock: trio.Lock, frame: list) -> None:
+        try:
+            status, payload = await self.handle_async(frame)
+        except Exception as exc:  # a bug of ours: answer, keep serving
+            _log.exception("request %r failed", frame[:2])
+            status, payload = protocol.ERROR, f"internal error: {exc}"
+        try:
+            async with lock:
+                await stream.send_all(protocol.encode([frame[0], status, payload]))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def handle_async(self, frame: list) -> tuple[str, Any]:
+        """["add_replica", g], ["drop_replica", g], ["move_worker", g, from, to],
+        ["admin", command, args] (start a job, multiraft.jobs)."""
+        if frame[1] == "admin":
+            if len(frame) != 4 or self.nursery is None:
+                return protocol.ERROR, "bad admin request (or the node is stopping)"
+            return await self.runner.start(frame[2], frame[3], self.nursery)
+        try:
+            return protocol.OK, await self.placement_op(frame[1], *frame[2:])
+        except PlacementError as exc:
+            return protocol.ERROR, str(exc)
+
+    async def placement_op(self, op: str, *args: Any) -> dict:
+        """Change this node's placement; PlacementError (a message) if refused."""
+        def group(value: Any) -> int:
+            if type(value) is not int or not 0 <= value < self.options.groups:
+                raise PlacementError(f"no group {value!r} (groups are 0..{self.options.groups - 1})")
+            return value
+
+        if op == "add_replica" and len(args) == 1:
+            return await self._add_replica(group(args[0]))
+        if op == "drop_replica" and len(args) == 1:
+            return await self._drop_replica(group(args[0]))
+        if op == "move_worker" and len(args) == 3:
+            return await self._move_worker(group(args[0]), args[1], args[2])
+        raise PlacementError(f"bad request {[op, *args]!r}")
+
+    async def _set_placement(self, placement: Placement) -> None:
+        await trio.to_thread.run_sync(
+            _atomic_write_json, self.options.data_dir / PLACEMENT_FILE, placement.to_plain()
+        )
+        self.placement = placement
+        for w in self.workers:
+            w.groups = placement.worker_groups(w.index)
+        self._mark_dirty()
+
+    async def _worker_group_op(self, index: int, kind: str, g: int, data: Any = None) -> dict | None:
+        """Send ["add_group", g] (and friends) to worker `index`; its answer,
+        or None if the worker is not running (it reads placement when it starts)."""
+        w = self.workers[index]
+        process = w.process
+        if not w.up or process is None:
+            return None
+        event = trio.Event()
+        box: dict = {}
+        w.op_waiters[(kind, g)] = (event, box)
+        frame = [kind, g] if data is None else [kind, g, data]
+        try:
+            async with w.send_lock:
+                await process.stdin.send_all(protocol.encode(frame))
+            with trio.move_on_after(GROUP_OP_TIMEOUT_S):
+                await event.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return {"ok": False, "error": f"worker {index} exited"}
+        finally:
+            if w.op_waiters.get((kind, g), (None,))[0] is event:
+                del w.op_waiters[(kind, g)]
+        return box or {"ok": False, "error": f"worker {index} did not answer {kind} {g}"}
+
+    async def _add_replica(self, g: int) -> dict:
+        async with self._placement_lock:
+            w = self.placement.group_worker.get(g)
+            existed = w is not None
+            if w is None:
+                w = self.placement.least_loaded_worker()
+                await self._set_placement(self.placement.with_group(g, w))
+                _log.info("group %d: new empty replica on worker %d", g, w)
+            result = await self._worker_group_op(w, "add_group", g)
+        if result is not None and not result.get("ok"):
+            raise PlacementError(f"worker {w} could not create group {g}: {result.get('error')}")
+        return {"worker": w, "existed": existed}
+
+    async def _drop_replica(self, g: int) -> dict:
+        # Safety: never delete the data of a replica that is in the group's
+        # config (a voter that forgets its log could make a committed entry
+        # vanish). Ask the group's leader, now.
+        try:
+            st = await self.runner.leader_status(g, timeout_s=5.0)
+        except Exception as exc:
+            raise PlacementError(f"group {g}: cannot check its config now ({exc}); not deleting") from None
+        members = set(st.get("voters") or ()) | set(st.get("learners") or ()) | set(st.get("voters_outgoing") or ())
+        if self.node_id in members or st.get("node") == self.node_id:
+            raise PlacementError(
+                f"node {self.node_id} is still in group {g}'s config ({','.join(sorted(members))}): "
+                f"remove it first (multiraft-admin remove-replica {g} {self.node_id})"
+            )
+        async with self._placement_lock:
+            w = self.placement.group_worker.get(g)
+            if w is None:
+                return {"existed": False}
+            await self._set_placement(self.placement.without_group(g))
+            _log.info("group %d: deleting this node's replica (worker %d)", g, w)
+            result = await self._worker_group_op(w, "remove_group", g)
+            if result is None:
+                self.workers[w].pending_wipes.add(g)
+        if result is not None and not result.get("ok"):
+            raise PlacementError(f"worker {w} could not delete group {g}: {result.get('error')}")
+        return {"existed": True, "worker": w}
+
+    async def _wipe_pending(self, w: WorkerHandle) -> None:
+        for g in sorted(w.pending_wipes):
+            async with self._placement_lock:
+                if g in w.groups:  # placed here again since: add_group wiped it
+                    w.pending_wipes.discard(g)
+                    continue
+                result = await self._worker_group_op(w.index, "remove_group", g)
+            if result is not None and result.get("ok"):
+                w.pending_wipes.discard(g)
+
+    async def _move_worker(self, g: int, source: Any, target: Any) -> dict:
+        async with self._placement_lock:
+            have = self.placement.group_worker.get(g)
+            if have is None:
+                raise PlacementError(f"node {self.node_id} holds no replica of group {g}")
+            if have != source:
+                if have == target:
+                    return {"worker": target, "moved": False}
+                raise PlacementError(f"group {g} is on worker {have}, not {source}")
+            if type(target) is not int or not 0 <= target < self.options.workers or target == source:
+                raise PlacementError(f"node {self.node_id} has no other worker {target!r}")
+            if not (self.workers[source].up and self.workers[target].up):
+                raise PlacementError(f"worker {source} or {target} of {self.node_id} is not running")
+            exported = await self._worker_group_op(source, "export_group", g)
+            if not exported or not exported.get("ok"):
+                raise PlacementError(f"worker {source} could not hand over group {g}: {(exported or {}).get('error')}")
+            imported = await self._worker_group_op(target, "import_group", g, exported["state"])
+            if not imported or not imported.get("ok"):
+                # put it back where it was (its log there is intact)
+                back = await self._worker_group_op(source, "import_group", g, exported["state"])
+                if not back or not back.get("ok"):
+                    _log.error("group %d: could not put it back on worker %d: restarting the worker", g, source)
+                    process = self.workers[source].process
+                    if process is not None:
+                        process.kill()
+                raise PlacementError(f"worker {target} could not take group {g}: {(imported or {}).get('error')}")
+            voters = self.placement.group_voters.get(g, [])
+            await self._set_placement(self.placement.with_group(g, target, voters))
+            await self._worker_group_op(source, "remove_group", g)
+            _log.info("group %d moved from worker %d to worker %d", g, source, target)
+        return {"worker": target, "moved": True}
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         buf = protocol.FrameBuffer(frame_size_bytes_max=1 << 20)
+        send_lock = trio.Lock()
         try:
             while True:
                 data = await stream.receive_some(1 << 16)
@@ -463,6 +852,10 @@ class Coordinator:
                 out = bytearray()
                 for frame in buf.frames():
                     req_id = frame[0]
+                    if len(frame) > 1 and frame[1] in ASYNC_OPS and self.nursery is not None:
+                        # answered when done, in any order (requests are pipelined)
+                        self.nursery.start_soon(self._answer_later, stream, send_lock, frame)
+                        continue
                     try:
                         status, payload = self.handle(frame)
                     except Exception as exc:  # a bug of ours: answer, keep serving
@@ -470,7 +863,8 @@ class Coordinator:
                         status, payload = protocol.ERROR, f"internal error: {exc}"
                     out += protocol.encode([req_id, status, payload])
                 if out:
-                    await stream.send_all(bytes(out))
+                    async with send_lock:
+                        await stream.send_all(bytes(out))
         except protocol.ProtocolError as exc:
             _log.info("dropping a connection that sent a bad frame: %s", exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -546,6 +940,10 @@ class Coordinator:
         finally:
             w.up = False
             w.status = {}
+            for event, box in w.op_waiters.values():
+                box.update({"ok": False, "error": f"worker {w.index} exited"})
+                event.set()
+            w.op_waiters.clear()
             self._mark_dirty()
             with trio.CancelScope(shield=True):
                 await self._stop_process(w, process)
@@ -575,11 +973,13 @@ class Coordinator:
             pass
 
     async def _worker_writer(self, w: WorkerHandle, process: trio.Process) -> None:
-        await process.stdin.send_all(protocol.encode(["config", self._worker_config(w)]))
+        async with w.send_lock:
+            await process.stdin.send_all(protocol.encode(["config", self._worker_config(w)]))
         while True:
             if w.up and w.routing_sent != self.routing_version:
                 version = self.routing_version
-                await process.stdin.send_all(protocol.encode(["routing", self.routing]))
+                async with w.send_lock:
+                    await process.stdin.send_all(protocol.encode(["routing", self.routing]))
                 w.routing_sent = version
                 continue
             changed = self._routing_changed
@@ -608,6 +1008,8 @@ class Coordinator:
                 w.client_address = body.get("client_address") or w.client_address
             w.up = True
             _log.info("worker %d ready (raft %s, clients %s)", w.index, w.raft_url, w.client_address)
+            if w.pending_wipes and self.nursery is not None:
+                self.nursery.start_soon(self._wipe_pending, w)
             self._mark_dirty()
             # wake the writer so it sends the routing table now
             event, self._routing_changed = self._routing_changed, trio.Event()
@@ -620,6 +1022,11 @@ class Coordinator:
                 self._mark_dirty()
             if len(frame) > 2 and isinstance(frame[2], dict):
                 w.stats = frame[2]
+        elif kind == "group_op" and len(frame) >= 4:
+            waiter = w.op_waiters.pop((frame[1], frame[2]), None)
+            if waiter is not None and isinstance(frame[3], dict):
+                waiter[1].update(frame[3])
+                waiter[0].set()
         elif kind == "error":
             message = body.get("message") if isinstance(body, dict) else body
             _log.error("worker %d reports: %s", w.index, message)
@@ -632,7 +1039,7 @@ class Coordinator:
         conn: Connection | None = None
         interval = self.options.poll_interval_ms / 1000
         layout = self.options.cluster_layout()
-        while True:
+        while not peer.retired:
             try:
                 if conn is None or conn.closed:
                     conn = await open_connection(nursery, peer.address, timeout_s=PEER_TIMEOUT_S)
@@ -650,6 +1057,9 @@ class Coordinator:
                 peer.status = {
                     int(g): st for g, st in (status.get("groups") or {}).items() if isinstance(st, dict)
                 }
+                peer.members = placement.get("members") or {}
+                peer.busy = {int(g): str(v) for g, v in (placement.get("busy") or {}).items()}
+                self._merge_members(peer.members)
                 if not peer.up:
                     _log.info("peer %s (%s) is up", peer.node_id, peer.address)
                 peer.up = peer.ever_up = True
@@ -668,6 +1078,8 @@ class Coordinator:
                 peer.problem = problem
             self._mark_dirty()
             await trio.sleep(interval)
+        if conn is not None:
+            conn.close()
 
     # --- running ---
 
@@ -684,12 +1096,15 @@ class Coordinator:
         try:
             async with trio.open_nursery() as nursery:
                 self._stop_scope = nursery.cancel_scope
+                self.nursery = nursery
                 nursery.start_soon(self._routing_loop)
                 for w in self.workers:
                     nursery.start_soon(self._supervise, w)
                 for peer in self.peers.values():
                     nursery.start_soon(self._poll_peer, peer, nursery)
                 nursery.start_soon(trio.serve_listeners, self._serve_connection, listeners)
+                if o.redis:
+                    nursery.start_soon(self._supervise_resp)
                 _log.info(
                     "node %s listening on %s: %d workers, %d of %d groups, replicas %d, data %s",
                     o.node_id, self.listen_address, o.workers, len(self.placement.group_worker),
@@ -698,6 +1113,40 @@ class Coordinator:
                 task_status.started(self)
         finally:
             self._stopping = True
+
+    async def _supervise_resp(self) -> None:
+        """`--redis HOST:PORT`: the RESP front-end (python -m multiraft.resp) as
+        one more child, restarted when it exits. Its stdin is a pipe it watches,
+        so it exits with this process however this process ends."""
+        o = self.options
+        cluster = [o.address] + [p.address for p in self.peers.values()]
+        argv = [sys.executable, "-m", "multiraft.resp", "--listen", o.redis, "--cluster", ",".join(cluster),
+                "--exit-on-stdin-eof", "--log-level", o.log_level]
+        backoff = RESTART_BACKOFF_MIN_S
+        while True:
+            started = trio.current_time()
+            process = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.PIPE, env=_child_env(), preexec_fn=_child_setup
+            )
+            _log.info("redis front-end started on %s (pid %d)", o.redis, process.pid)
+            try:
+                await process.wait()
+            finally:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await process.stdin.aclose()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
+                    with trio.move_on_after(WORKER_STOP_TIMEOUT_S):
+                        await process.wait()
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
+            if trio.current_time() - started > RESTART_BACKOFF_RESET_S:
+                backoff = RESTART_BACKOFF_MIN_S
+            _log.warning("redis front-end exited (code %s); restarting in %.1fs", process.returncode, backoff)
+            await trio.sleep(backoff)
+            backoff = min(RESTART_BACKOFF_MAX_S, backoff * 2)
 
     def stop(self) -> None:
         """Stop the node: workers are shut down in order, then run() returns."""

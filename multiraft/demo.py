@@ -211,11 +211,13 @@ async def run_demo(args: argparse.Namespace, base_dir: str) -> int:
 
     t_start = time.perf_counter()
     cluster = LocalCluster(base_dir, nodes=3, workers=args.workers, groups=args.groups, tick_ms=50,
-                           election_tick=10, heartbeat_tick=2, poll_interval_ms=300)
+                           election_tick=10, heartbeat_tick=2, poll_interval_ms=300, redis=True)
     nodes = list(cluster.nodes)
     _say(f"Starting 3 nodes x {args.workers} workers, {args.groups} groups x 3 replicas, in {base_dir}")
     for n in cluster.nodes.values():
-        _say(f"  {n.node_id}: coordinator {n.address}, data {n.data_dir}, log {n.log_path}")
+        _say(f"  {n.node_id}: coordinator {n.address}, redis {n.redis_address}, data {n.data_dir}, log {n.log_path}")
+    first_redis = cluster.nodes["n1"].redis_address
+    _say(f"  (while it runs, try: redis-cli -p {first_redis.rpartition(':')[2]} set hello world)")
     ok = False
     try:
         cluster.start()

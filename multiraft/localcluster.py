@@ -23,7 +23,11 @@ import trio
 import multiraft
 from multiraft.nodeconfig import CLIENT_PORT_OFFSET, RAFT_PORT_OFFSET
 
-__all__ = ["LocalCluster", "LocalNode", "free_base_ports"]
+__all__ = ["LocalCluster", "LocalNode", "free_base_ports", "REDIS_PORT_OFFSET"]
+
+# With redis=True, node P serves RESP on P+50: the one port of its range
+# P..P+99 that neither its Raft (P+1+i) nor its client (P+51+i) ports use.
+REDIS_PORT_OFFSET = 50
 
 _ROOT = Path(multiraft.__file__).resolve().parent.parent
 
@@ -49,7 +53,7 @@ def free_base_ports(count: int, workers: int, host: str = "127.0.0.1", rng: rand
         needed = [
             p
             for b in bases
-            for p in [b]
+            for p in [b, b + REDIS_PORT_OFFSET]
             + [b + RAFT_PORT_OFFSET + i for i in range(workers)]
             + [b + CLIENT_PORT_OFFSET + i for i in range(workers)]
         ]
@@ -90,22 +94,26 @@ class LocalNode:
         self.node_id = node_id
         self.port = port
         self.address = f"{cluster.host}:{port}"
+        self.redis_address = f"{cluster.host}:{port + REDIS_PORT_OFFSET}" if cluster.redis else None
         self.data_dir = cluster.base_dir / node_id
         self.log_path = cluster.base_dir / f"{node_id}.log"
         self.process: subprocess.Popen | None = None
         self.starts = 0
+        self.join: str | None = None  # HOST:PORT it joined through (LocalCluster.join_node)
 
     def argv(self) -> list[str]:
         c = self.cluster
+        if self.join is not None:
+            layout = ["--join", self.join]
+        else:
+            layout = ["--peers", c.peers_arg, "--groups", str(c.groups), "--replicas", str(c.replicas)]
         argv = [
             sys.executable, "-m", "multiraft.cli", "node",
             "--node-id", self.node_id,
             "--listen", self.address,
-            "--peers", c.peers_arg,
+            *layout,
             "--data-dir", str(self.data_dir),
             "--workers", str(c.workers),
-            "--groups", str(c.groups),
-            "--replicas", str(c.replicas),
             "--tick-ms", str(c.tick_ms),
             "--election-tick", str(c.election_tick),
             "--heartbeat-tick", str(c.heartbeat_tick),
@@ -118,6 +126,8 @@ class LocalNode:
             argv += ["--compact-lag-entries", str(c.compact_lag_entries)]
         if not c.sync_on_write:
             argv.append("--no-sync")
+        if self.redis_address:
+            argv += ["--redis", self.redis_address]
         return argv + list(c.extra_args)
 
     def start(self) -> None:
@@ -216,6 +226,7 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
         ports: list[int] | None = None,
+        redis: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +244,7 @@ class LocalCluster:
         self.log_level = log_level
         self.extra_args = extra_args
         self.env = dict(env or {})
+        self.redis = redis  # each node also serves RESP on its port + REDIS_PORT_OFFSET
         ports = ports or free_base_ports(nodes, workers, host)
         self.nodes = {f"n{i + 1}": LocalNode(self, f"n{i + 1}", ports[i]) for i in range(nodes)}
         self.peers_arg = ",".join(f"{n.node_id}={n.address}" for n in self.nodes.values())
@@ -241,12 +253,25 @@ class LocalCluster:
     def addresses(self) -> list[str]:
         return [n.address for n in self.nodes.values()]
 
+    @property
+    def redis_addresses(self) -> list[str]:
+        return [n.redis_address for n in self.nodes.values() if n.redis_address]
+
     def addresses_of_running(self) -> list[str]:
         return [n.address for n in self.nodes.values() if n.running]
 
     def start(self) -> None:
         for node in self.nodes.values():
             node.start()
+
+    def join_node(self, node_id: str, port: int, via: str | None = None) -> LocalNode:
+        """Start a new node that joins the running cluster (`multiraft node
+        --join`): it holds no replica until multiraft-admin adds some."""
+        node = LocalNode(self, node_id, port)
+        node.join = via or next(iter(self.nodes.values())).address
+        self.nodes[node_id] = node
+        node.start()
+        return node
 
     def stop(self, timeout_s: float = 15.0) -> bool:
         """SIGTERM every node, wait for every process to go. True if all

@@ -183,6 +183,11 @@ class RawOptions:
     poll_interval_ms: int | None = _opt()
     log_level: str | None = _opt()
     lease_reads: bool | None = _opt()
+    # HOST:PORT of a coordinator of a running cluster: join it as an empty
+    # node (first start only; see multiraft.coordinator.prepare_node).
+    join: str | None = _opt()
+    # HOST:PORT: serve the Redis protocol there (multiraft.resp, a child process).
+    redis: str | None = _opt()
 
     def merged_over(self, base: "RawOptions") -> "RawOptions":
         """self's set values over base's."""
@@ -197,7 +202,7 @@ _INT_FIELDS = {
     "workers", "groups", "replicas", "tick_ms", "election_tick", "heartbeat_tick",
     "snapshot_threshold_entries", "compact_lag_entries", "poll_interval_ms",
 }
-_STR_FIELDS = {"node_id", "listen", "data_dir", "log_level"}
+_STR_FIELDS = {"node_id", "listen", "data_dir", "log_level", "join", "redis"}
 
 
 def load_toml(path: str | os.PathLike) -> RawOptions:
@@ -251,6 +256,11 @@ class NodeOptions:
     log_level: str = "info"
     # Honour clients' lease reads (read_mode "lease"); off: they get ReadIndex.
     lease_reads: bool = True
+    # The cluster's first nodes, when this node joined later (`--join`): the
+    # layout every node agrees on. None: this node is one of them (= peers).
+    bootstrap: dict[str, tuple[str, int]] | None = None
+    # Where the RESP front-end listens (`--redis HOST:PORT`); None: no front-end.
+    redis: str | None = None
 
     @property
     def advertise_host(self) -> str:
@@ -271,8 +281,9 @@ class NodeOptions:
 
     def cluster_layout(self) -> dict:
         """What every node of the cluster must agree on."""
+        nodes = self.bootstrap if self.bootstrap is not None else self.peers
         return {
-            "nodes": {n: format_address(h, p) for n, (h, p) in self.peers.items()},
+            "nodes": {n: format_address(h, p) for n, (h, p) in nodes.items()},
             "groups": self.groups,
             "replicas": self.replicas,
         }
@@ -309,7 +320,18 @@ def resolve(raw: RawOptions, stored: dict | None = None, *, cwd: Path | None = N
 
     peers = parse_peers(raw.peers) if raw.peers is not None else None
     listen = parse_address(raw.listen, what="--listen address") if raw.listen is not None else None
+    bootstrap = None
 
+    if stored is not None and stored.get("joined"):
+        # A node that joined a running cluster: the first nodes are the
+        # layout, plus this node at the address it joined with.
+        if node_id != stored["node_id"]:
+            raise ConfigError(f"the data directory belongs to node {stored['node_id']}, not {node_id}")
+        if peers is not None:
+            raise ConfigError("this node joined its cluster (--join): --peers does not apply to it")
+        bootstrap = {n: parse_address(a) for n, a in stored["cluster"]["nodes"].items()}
+        peers = dict(sorted({**bootstrap, node_id: parse_address(stored["joined"]["address"])}.items()))
+        stored = {**stored, "cluster": {**stored["cluster"], "nodes": {n: format_address(h, p) for n, (h, p) in peers.items()}}}
     if stored is not None:
         if node_id != stored["node_id"]:
             raise ConfigError(
@@ -407,4 +429,6 @@ def resolve(raw: RawOptions, stored: dict | None = None, *, cwd: Path | None = N
         poll_interval_ms=poll,
         log_level=level,
         lease_reads=True if raw.lease_reads is None else bool(raw.lease_reads),
+        bootstrap=bootstrap,
+        redis=format_address(*parse_address(raw.redis, what="--redis address")) if raw.redis is not None else None,
     )

@@ -41,6 +41,25 @@ __all__ = [
     "leader_of",
     "merge_routing",
     "merge_cluster_status",
+    "Refused",
+    "majority",
+    "NodeState",
+    "GroupState",
+    "ClusterState",
+    "cluster_state_from_status",
+    "check_voters_change",
+    "check_new_replica",
+    "check_transfer",
+    "check_not_joint",
+    "Move",
+    "Transfer",
+    "WorkerMove",
+    "DropReplica",
+    "check_step",
+    "apply_step",
+    "plan_drain",
+    "plan_rebalance",
+    "is_balanced",
 ]
 
 PLACEMENT_FORMAT = 1
@@ -104,6 +123,35 @@ class Placement:
             group_worker=assign_workers(mine, workers),
             group_voters={g: list(full[g]) for g in mine},
         )
+
+    def worker_loads(self) -> list[int]:
+        """The number of replicas on each worker."""
+        loads = [0] * self.workers
+        for w in self.group_worker.values():
+            loads[w] += 1
+        return loads
+
+    def least_loaded_worker(self) -> int:
+        """Where a new replica goes: the worker with the fewest (lowest index on a tie)."""
+        loads = self.worker_loads()
+        return loads.index(min(loads))
+
+    def with_group(self, g: int, worker: int, voters: Sequence[str] = ()) -> "Placement":
+        """This placement with group g on `worker`. A replica added by a
+        membership change has no initial voters: it starts empty and learns
+        everything from its leader."""
+        if not 0 <= g < self.groups_total or not 0 <= worker < self.workers:
+            raise PlacementError(f"cannot place group {g} on worker {worker}")
+        gw = dict(self.group_worker)
+        gv = dict(self.group_voters)
+        gw[g] = worker
+        gv[g] = list(voters)
+        return attrs.evolve(self, group_worker=gw, group_voters=gv)
+
+    def without_group(self, g: int) -> "Placement":
+        gw = {k: v for k, v in self.group_worker.items() if k != g}
+        gv = {k: v for k, v in self.group_voters.items() if k != g}
+        return attrs.evolve(self, group_worker=gw, group_voters=gv)
 
     def worker_groups(self, index: int) -> dict[int, list[str]]:
         """{g: initial voters} for the groups worker `index` hosts."""
@@ -196,13 +244,50 @@ def _replica_statuses(
     return out
 
 
+def _placed_nodes(g: int, views: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """{node: worker index} of every node whose placement holds group g."""
+    out = {}
+    for n in sorted(views):
+        placed = views[n].get("groups")
+        if placed is not None and g in placed:
+            out[n] = placed[g]
+    return out
+
+
+def _config_nodes(statuses: Sequence[tuple[str, Mapping[str, Any]]], leader: str | None) -> list[str]:
+    """The nodes of a group's Raft config, from the freshest replica status
+    (the leader's if known, else the highest term's)."""
+    st = _best_status(statuses, leader)
+    if not st:
+        return []
+    out = set()
+    for key in ("voters", "learners", "voters_outgoing"):
+        for n in st.get(key) or ():
+            if isinstance(n, str):
+                out.add(n)
+    return sorted(out)
+
+
+def _best_status(statuses: Sequence[tuple[str, Mapping[str, Any]]], leader: str | None) -> Mapping[str, Any]:
+    by_node = dict(statuses)
+    main = by_node.get(leader) if leader else None
+    if main is None and statuses:
+        main = max((st for _, st in statuses), key=lambda st: (st.get("term", 0), st.get("commit", 0)))
+    return main or {}
+
+
 def merge_routing(
     version: int,
     groups_total: int,
     plan: Mapping[int, Sequence[str]],
     views: Mapping[str, Mapping[str, Any]],
 ) -> dict:
-    """The routing table (multiraft.protocol) from the views of every node."""
+    """The routing table (multiraft.protocol) from the views of every node.
+
+    A group's replicas are the nodes whose placement holds it (a replica
+    being added, or not yet deleted after its removal from the Raft config,
+    is listed too: its peers must reach it). `plan` (the bootstrap formula)
+    is no longer consulted: membership changes move replicas."""
     up = {n: bool(v.get("up")) for n, v in views.items()}
     nodes = {}
     for n in sorted(views):
@@ -221,13 +306,8 @@ def merge_routing(
         }
     groups = {}
     for g in range(groups_total):
-        replicas_nodes = plan.get(g, ())
-        replicas = {}
-        for n in replicas_nodes:
-            placed = (views.get(n) or {}).get("groups")
-            if placed is not None and g in placed:
-                replicas[n] = placed[g]
-        leader, term = leader_of(_replica_statuses(g, replicas_nodes, views), up)
+        replicas = _placed_nodes(g, views)
+        leader, term = leader_of(_replica_statuses(g, list(replicas), views), up)
         groups[g] = {"replicas": replicas, "leader": leader, "term": term}
     return {
         "version": version,
@@ -243,7 +323,15 @@ def merge_cluster_status(
     plan: Mapping[int, Sequence[str]],
     views: Mapping[str, Mapping[str, Any]],
 ) -> dict:
-    """The admin's view: {"nodes": [...], "groups": [...]} (docs/operations.md)."""
+    """The admin's view: {"nodes": [...], "groups": [...]} (docs/operations.md).
+
+    A group's replicas are the nodes of its Raft config (the leader's view)
+    and the nodes whose placement holds it. Each replica says what it is in
+    the config ("member": voter, learner, outgoing (a voter leaving through a
+    joint config) or none (placed but not in the config: being added, or left
+    over) and how far it lags behind the leader ("lag": entries, from the
+    leader's progress, else from the replica's own applied index). `plan` is
+    used only for a group nothing is known about."""
     up = {n: bool(v.get("up")) for n, v in views.items()}
     nodes = []
     for n in sorted(views):
@@ -269,23 +357,46 @@ def merge_cluster_status(
         )
     groups = []
     for g in range(groups_total):
-        replicas_nodes = sorted(plan.get(g, ()))
-        statuses = _replica_statuses(g, replicas_nodes, views)
+        placed = _placed_nodes(g, views)
+        candidates = sorted(set(placed) | {n for n in views if (views[n].get("status") or {}).get(g) is not None})
+        statuses = _replica_statuses(g, candidates, views)
         leader, term = leader_of(statuses, up)
+        main = _best_status(statuses, leader)
+        config = _config_nodes(statuses, leader)
+        replicas_nodes = sorted(set(placed) | set(config))
+        if not replicas_nodes:
+            replicas_nodes = sorted(plan.get(g, ()))
         by_node = dict(statuses)
-        main = by_node.get(leader) if leader else None
-        if main is None and statuses:
-            main = max((st for _, st in statuses), key=lambda st: (st.get("term", 0), st.get("commit", 0)))
-        main = main or {}
+        voters = list(main.get("voters") or ([] if config else replicas_nodes))
+        learners = list(main.get("learners") or [])
+        outgoing = list(main.get("voters_outgoing") or [])
+        progress = main.get("progress") if isinstance(main.get("progress"), Mapping) else {}
+        leader_last = main.get("last_index")
         replicas = []
         for n in replicas_nodes:
             st = by_node.get(n)
-            placed = (views.get(n) or {}).get("groups") or {}
+            if n in voters:
+                member = "voter"
+            elif n in learners:
+                member = "learner"
+            elif n in outgoing:
+                member = "outgoing"
+            else:
+                member = "none"
+            lag = None
+            if isinstance(leader_last, int):
+                match = progress.get(n) if progress else None
+                if isinstance(match, int):
+                    lag = max(0, leader_last - match)
+                elif st and isinstance(st.get("applied"), int) and isinstance(main.get("commit"), int):
+                    lag = max(0, main["commit"] - st["applied"])
             replicas.append(
                 {
                     "node": n,
-                    "worker": placed.get(g),
+                    "worker": placed.get(n),
                     "up": up.get(n, False),
+                    "member": member,
+                    "lag": lag,
                     "role": st.get("role") if st else None,
                     "term": st.get("term") if st else None,
                     "commit": st.get("commit") if st else None,
@@ -301,10 +412,462 @@ def merge_cluster_status(
                 "term": term,
                 "commit": main.get("commit", 0),
                 "applied": main.get("applied", 0),
-                "voters": list(main.get("voters") or replicas_nodes),
-                "learners": list(main.get("learners") or []),
-                "voters_outgoing": list(main.get("voters_outgoing") or []),
+                "voters": voters,
+                "learners": learners,
+                "voters_outgoing": outgoing,
+                "joint": bool(outgoing),
                 "replicas": replicas,
             }
         )
     return {"nodes": nodes, "groups": groups}
+
+
+# ---------------------------------------------------------------------------
+# The membership planner (multiraft-admin): pure, unit-tested without processes
+#
+# A ClusterState is what the admin knows: each node (up or down, how many
+# workers) and each group's Raft config (voters, learners, the outgoing voters
+# of a joint config), leader and placement (node -> worker index, the nodes
+# that hold the group's data). Steps are checked against the rules below and
+# applied to a ClusterState to plan the next one, so that a whole plan is
+# checked before anything runs; the executor checks each step again against
+# the live cluster just before it runs it.
+#
+# The rules (each refusal says which one and why):
+# - a replica is added only on a node that is a member, up, and holds no
+#   replica of the group yet;
+# - a change of voters must commit on a live majority of the current voters,
+#   and must leave a live majority of the new voters (nodes that are down do
+#   not count); a change that removes every voter is refused;
+# - nothing is changed while the group is joint (it leaves by itself);
+# - leadership goes only to a voter on a node that is up.
+
+
+class Refused(PlacementError):
+    """A change that would break a rule: the message says which and why."""
+
+
+def majority(n: int) -> int:
+    return n // 2 + 1
+
+
+@attrs.frozen
+class NodeState:
+    id: str
+    up: bool
+    workers: int = 1
+
+
+@attrs.frozen
+class GroupState:
+    id: int
+    voters: frozenset[str]
+    learners: frozenset[str] = frozenset()
+    outgoing: frozenset[str] = frozenset()  # voters_outgoing: non-empty while joint
+    leader: str | None = None
+    placed: Mapping[str, int] = attrs.field(factory=dict)  # node -> worker index
+
+    @property
+    def joint(self) -> bool:
+        return bool(self.outgoing)
+
+    @property
+    def members(self) -> frozenset[str]:
+        """The nodes of the Raft config."""
+        return self.voters | self.learners | self.outgoing
+
+    @property
+    def holders(self) -> frozenset[str]:
+        """Every node that holds (or is about to hold) a replica."""
+        return self.members | frozenset(self.placed)
+
+    def member_kind(self, node: str) -> str:
+        if node in self.voters:
+            return "voter"
+        if node in self.learners:
+            return "learner"
+        if node in self.outgoing:
+            return "outgoing voter"
+        return "none"
+
+
+@attrs.frozen
+class ClusterState:
+    nodes: Mapping[str, NodeState]
+    groups: Mapping[int, GroupState]
+
+    def is_up(self, node: str) -> bool:
+        n = self.nodes.get(node)
+        return bool(n and n.up)
+
+    def group(self, g: int) -> GroupState:
+        try:
+            return self.groups[g]
+        except KeyError:
+            raise Refused(f"there is no group {g} (groups are 0..{len(self.groups) - 1})") from None
+
+    def replica_count(self, node: str) -> int:
+        return sum(1 for gs in self.groups.values() if node in gs.holders)
+
+    def leader_count(self, node: str) -> int:
+        return sum(1 for gs in self.groups.values() if gs.leader == node)
+
+    def worker_loads(self, node: str) -> list[int]:
+        n = self.nodes.get(node)
+        loads = [0] * (n.workers if n else 0)
+        for gs in self.groups.values():
+            w = gs.placed.get(node)
+            if w is not None and 0 <= w < len(loads):
+                loads[w] += 1
+        return loads
+
+    def least_loaded_worker(self, node: str) -> int:
+        loads = self.worker_loads(node)
+        return loads.index(min(loads)) if loads else 0
+
+    def with_group(self, gs: GroupState) -> "ClusterState":
+        groups = dict(self.groups)
+        groups[gs.id] = gs
+        return attrs.evolve(self, groups=groups)
+
+
+def cluster_state_from_status(doc: Mapping[str, Any]) -> ClusterState:
+    """A ClusterState from a cluster_status document (multiraft.protocol)."""
+    nodes = {}
+    for n in doc.get("nodes") or []:
+        nodes[n["id"]] = NodeState(n["id"], bool(n.get("up")), len(n.get("workers") or []) or 1)
+    groups = {}
+    for g in doc.get("groups") or []:
+        placed = {r["node"]: r["worker"] for r in g.get("replicas") or [] if r.get("worker") is not None}
+        groups[int(g["id"])] = GroupState(
+            int(g["id"]),
+            frozenset(g.get("voters") or ()),
+            frozenset(g.get("learners") or ()),
+            frozenset(g.get("voters_outgoing") or ()),
+            g.get("leader"),
+            placed,
+        )
+    return ClusterState(nodes, groups)
+
+
+# --- the rules -------------------------------------------------------------
+
+
+def _live(cluster: ClusterState, nodes: Iterable[str]) -> list[str]:
+    return sorted(n for n in nodes if cluster.is_up(n))
+
+
+def _majority_problem(cluster: ClusterState, voters: frozenset[str]) -> str | None:
+    live = _live(cluster, voters)
+    need = majority(len(voters))
+    if len(live) >= need:
+        return None
+    down = sorted(set(voters) - set(live))
+    return (
+        f"voters {','.join(sorted(voters))} would have {len(live)} live of {len(voters)} "
+        f"(down: {','.join(down)}), fewer than the majority of {need}"
+    )
+
+
+def check_not_joint(gs: GroupState) -> None:
+    if gs.joint:
+        raise Refused(
+            f"group {gs.id} is in a joint config (voters {','.join(sorted(gs.voters))}, outgoing "
+            f"{','.join(sorted(gs.outgoing))}): it leaves it by itself; retry in a moment"
+        )
+
+
+def check_voters_change(cluster: ClusterState, g: int, new_voters: Iterable[str]) -> None:
+    """A change from the group's voters to `new_voters` (simple or joint)."""
+    gs = cluster.group(g)
+    new = frozenset(new_voters)
+    check_not_joint(gs)
+    if not new:
+        raise Refused(f"the change would remove the last voter of group {g}")
+    if new == gs.voters:
+        return
+    problem = _majority_problem(cluster, gs.voters)
+    if problem:
+        raise Refused(f"group {g} has no live majority to commit the change: {problem}")
+    problem = _majority_problem(cluster, new)
+    if problem:
+        raise Refused(f"the change would leave group {g} without a live majority: {problem}")
+
+
+def check_new_replica(cluster: ClusterState, g: int, node: str) -> None:
+    gs = cluster.group(g)
+    if node not in cluster.nodes:
+        raise Refused(f"node {node} is not a member of the cluster")
+    if not cluster.is_up(node):
+        raise Refused(f"node {node} is down: a replica cannot be added there")
+    if node in gs.members:
+        raise Refused(f"node {node} already holds a replica of group {g} (as {gs.member_kind(node)})")
+
+
+def check_transfer(cluster: ClusterState, g: int, node: str) -> None:
+    gs = cluster.group(g)
+    if node not in gs.voters:
+        raise Refused(f"node {node} is not a voter of group {g} (voters: {','.join(sorted(gs.voters))})")
+    if not cluster.is_up(node):
+        raise Refused(f"node {node} is down: it cannot lead group {g}")
+
+
+# --- steps -----------------------------------------------------------------
+
+
+@attrs.frozen
+class Move:
+    """Move group's replica from source to target (learner on target, catch
+    up, then one joint change {+target, -source}; a learner moves as a learner)."""
+
+    group: int
+    source: str
+    target: str
+
+    def describe(self) -> str:
+        return f"move-replica {self.group} {self.source} {self.target}"
+
+
+@attrs.frozen
+class Transfer:
+    group: int
+    target: str
+
+    def describe(self) -> str:
+        return f"transfer-leader {self.group} {self.target}"
+
+
+@attrs.frozen
+class WorkerMove:
+    """Move a replica between two workers of one node (its Raft state moves
+    with it: the group does not notice)."""
+
+    node: str
+    group: int
+    source_worker: int
+    target_worker: int
+
+    def describe(self) -> str:
+        return f"move group {self.group} on {self.node} from worker {self.source_worker} to {self.target_worker}"
+
+
+@attrs.frozen
+class DropReplica:
+    """Delete a replica that is not in the group's config (left over)."""
+
+    group: int
+    node: str
+
+    def describe(self) -> str:
+        return f"remove-replica {self.group} {self.node}"
+
+
+Step = Move | Transfer | WorkerMove | DropReplica
+
+
+def check_step(cluster: ClusterState, step: Step) -> None:
+    """Raise Refused if `step` breaks a rule in `cluster`."""
+    if isinstance(step, Move):
+        gs = cluster.group(step.group)
+        check_not_joint(gs)
+        if step.source == step.target:
+            raise Refused(f"source and target are both {step.source}")
+        if step.source not in gs.members:
+            raise Refused(f"node {step.source} holds no replica of group {step.group}")
+        check_new_replica(cluster, step.group, step.target)
+        if step.source in gs.voters:
+            check_voters_change(cluster, step.group, (gs.voters - {step.source}) | {step.target})
+    elif isinstance(step, Transfer):
+        check_not_joint(cluster.group(step.group))
+        check_transfer(cluster, step.group, step.target)
+    elif isinstance(step, WorkerMove):
+        gs = cluster.group(step.group)
+        if gs.placed.get(step.node) != step.source_worker:
+            raise Refused(f"group {step.group} is not on {step.node}'s worker {step.source_worker}")
+        node = cluster.nodes.get(step.node)
+        if node is None or not node.up:
+            raise Refused(f"node {step.node} is down")
+        if not 0 <= step.target_worker < node.workers or step.target_worker == step.source_worker:
+            raise Refused(f"node {step.node} has no other worker {step.target_worker}")
+    elif isinstance(step, DropReplica):
+        gs = cluster.group(step.group)
+        if step.node in gs.members:
+            raise Refused(f"node {step.node} is still in group {step.group}'s config")
+    else:  # pragma: no cover
+        raise TypeError(step)
+
+
+def apply_step(cluster: ClusterState, step: Step) -> ClusterState:
+    """The cluster after `step` (which must pass check_step)."""
+    if isinstance(step, Move):
+        gs = cluster.group(step.group)
+        placed = {n: w for n, w in gs.placed.items() if n != step.source}
+        placed[step.target] = cluster.least_loaded_worker(step.target)
+        if step.source in gs.voters:
+            voters = (gs.voters - {step.source}) | {step.target}
+            learners = gs.learners - {step.target}
+        else:
+            voters = gs.voters
+            learners = (gs.learners - {step.source}) | {step.target}
+        leader = gs.leader
+        if leader == step.source:
+            rest = sorted(v for v in voters if v != step.target and cluster.is_up(v))
+            leader = rest[0] if rest else step.target
+        return cluster.with_group(attrs.evolve(gs, voters=voters, learners=learners, leader=leader, placed=placed))
+    if isinstance(step, Transfer):
+        return cluster.with_group(attrs.evolve(cluster.group(step.group), leader=step.target))
+    if isinstance(step, WorkerMove):
+        gs = cluster.group(step.group)
+        placed = dict(gs.placed)
+        placed[step.node] = step.target_worker
+        return cluster.with_group(attrs.evolve(gs, placed=placed))
+    if isinstance(step, DropReplica):
+        gs = cluster.group(step.group)
+        placed = {n: w for n, w in gs.placed.items() if n != step.node}
+        return cluster.with_group(attrs.evolve(gs, placed=placed))
+    raise TypeError(step)  # pragma: no cover
+
+
+# --- plans -----------------------------------------------------------------
+
+
+def plan_drain(cluster: ClusterState, node: str) -> list[Step]:
+    """Move every replica off `node`, each to the least loaded up node that
+    holds none of that group. Refused if some group has nowhere to go."""
+    if node not in cluster.nodes:
+        raise Refused(f"node {node} is not a member of the cluster")
+    steps: list[Step] = []
+    state = cluster
+    for g in sorted(cluster.groups):
+        gs = state.group(g)
+        if node not in gs.holders:
+            continue
+        if node not in gs.members:
+            step: Step = DropReplica(g, node)
+        else:
+            targets = sorted(
+                (state.replica_count(n), n)
+                for n in state.nodes
+                if n != node and state.is_up(n) and n not in gs.holders
+            )
+            if not targets:
+                raise Refused(
+                    f"group {g} has nowhere to go: every other node that is up already holds a replica of it "
+                    f"(join a node, or remove the replica with remove-replica {g} {node})"
+                )
+            step = None  # type: ignore[assignment]
+            problems = []
+            for _count, target in targets:
+                candidate = Move(g, node, target)
+                try:
+                    check_step(state, candidate)
+                except Refused as exc:
+                    problems.append(str(exc))
+                    continue
+                step = candidate
+                break
+            if step is None:
+                raise Refused(f"group {g} cannot be moved off {node}: {problems[0]}")
+        check_step(state, step)
+        steps.append(step)
+        state = apply_step(state, step)
+    return steps
+
+
+def _spread(values: Iterable[int]) -> int:
+    values = list(values)
+    return max(values) - min(values) if values else 0
+
+
+def plan_rebalance(cluster: ClusterState, *, max_steps: int = 10_000) -> list[Step]:
+    """Moves that even out the replicas over the nodes that are up (at most
+    one apart), then leader transfers that even out leaders, then worker
+    moves that even out each node's workers. Every step passes check_step
+    in the state the previous ones leave."""
+    steps: list[Step] = []
+    state = cluster
+    up = sorted(n for n in cluster.nodes if cluster.is_up(n))
+    if not up:
+        return steps
+    # 1. replicas over nodes
+    while len(steps) < max_steps:
+        counts = {n: state.replica_count(n) for n in up}
+        if _spread(counts.values()) <= 1:
+            break
+        found = None
+        for src in sorted(up, key=lambda n: (-counts[n], n)):
+            for dst in sorted(up, key=lambda n: (counts[n], n)):
+                if counts[src] - counts[dst] <= 1:
+                    break
+                loads = state.worker_loads(src)
+                candidates = []
+                for g, gs in sorted(state.groups.items()):
+                    if src not in gs.members or dst in gs.holders:
+                        continue
+                    step = Move(g, src, dst)
+                    try:
+                        check_step(state, step)
+                    except Refused:
+                        continue
+                    w = gs.placed.get(src)
+                    busy = loads[w] if w is not None and 0 <= w < len(loads) else 0
+                    candidates.append(((gs.leader == src, -busy, g), step))
+                if candidates:
+                    found = min(candidates, key=lambda c: c[0])[1]
+                    break
+            if found is not None:
+                break
+        if found is None:
+            break
+        steps.append(found)
+        state = apply_step(state, found)
+    # 2. leaders over nodes
+    for _ in range(2 * len(state.groups) + 1):
+        if len(steps) >= max_steps:
+            break
+        leaders = {n: state.leader_count(n) for n in up}
+        found = None
+        for src in sorted(up, key=lambda n: (-leaders[n], n)):
+            best = None
+            for g, gs in sorted(state.groups.items()):
+                if gs.leader != src or gs.joint:
+                    continue
+                for v in sorted(gs.voters):
+                    if v == src or v not in leaders or leaders[v] > leaders[src] - 2:
+                        continue
+                    key = (leaders[v], v, g)
+                    if best is None or key < best[0]:
+                        best = (key, Transfer(g, v))
+            if best is not None:
+                found = best[1]
+                break
+        if found is None:
+            break
+        check_step(state, found)
+        steps.append(found)
+        state = apply_step(state, found)
+    # 3. workers within each node
+    for n in up:
+        while len(steps) < max_steps:
+            loads = state.worker_loads(n)
+            if _spread(loads) <= 1:
+                break
+            src_w = loads.index(max(loads))
+            dst_w = loads.index(min(loads))
+            mine = sorted(
+                ((state.groups[g].leader == n, g) for g, gs in state.groups.items() if gs.placed.get(n) == src_w)
+            )
+            step = WorkerMove(n, mine[0][1], src_w, dst_w)
+            check_step(state, step)
+            steps.append(step)
+            state = apply_step(state, step)
+    return steps
+
+
+def is_balanced(cluster: ClusterState) -> bool:
+    """Replicas and leaders over the nodes that are up, and replicas over each
+    node's workers, are at most one apart (what plan_rebalance aims at)."""
+    up = [n for n in cluster.nodes if cluster.is_up(n)]
+    if _spread(cluster.replica_count(n) for n in up) > 1:
+        return False
+    return all(_spread(cluster.worker_loads(n)) <= 1 for n in up)

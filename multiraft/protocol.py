@@ -15,6 +15,39 @@ document (always a list). Frames above `FRAME_SIZE_BYTES_MAX` are refused.
        ["get",    group, key, read_mode]                    -> ok: value|None
        ["scan",   group, start, prefix, limit]              -> ok: [[key, value], ...]
        ["ping"]                                             -> ok: worker address
+   added for the Redis front-end (multiraft.resp, docs/resp.md):
+       ["mput",   group, [[key, value|None], ...], client_id, seq]
+                                                            -> ok: existed (int)
+           one log entry: every item applies, in order, or none (None deletes);
+           existed counts the items whose key was present (DEL's answer)
+       ["incr",   group, key, delta, client_id, seq]        -> ok: [value|None, error|None]
+           delta an int64; error "not_integer" (the value is not a decimal
+           int64) or "overflow", and then nothing changed
+       ["append", group, key, suffix, client_id, seq]       -> ok: new length | None
+           None: the value would exceed the value size limit (nothing changed)
+       ["putif",  group, key, value, condition, client_id, seq]
+                                                            -> ok: [done, previous|None]
+           condition "always", "absent" (SET NX) or "present" (SET XX)
+       ["keys",   group, start, prefix, limit]              -> ok: [[key, ...], next|None]
+           keys only; next is where the next page starts (None: the end);
+           capped like scan
+       ["count",  group]                                    -> ok: number of keys
+       (keys and count are linearizable reads, like get)
+   membership, used by the coordinators' admin jobs (multiraft.jobs,
+   workers/membership.py):
+       ["conf_change", group, [[kind, node], ...], joint]   -> ok: {"index", "term"}
+           kind "add_voter", "add_learner" (also demotes a voter) or
+           "remove"; joint true forces joint consensus (more than one voter
+           change is always joint). Leader only. ok means proposed: the
+           change is applied once the leader's applied index reaches "index"
+           (watch group_status; a different term there means it was lost).
+           "error": the core refused it (unsafe, or "another membership
+           change is in progress"); "busy": a leader transfer is in progress
+       ["transfer_leader", group, node]                      -> ok: {"leader", "transferee"}
+           leader only; node must be a voter; ok means started (the core
+           catches node up, then sends it TimeoutNow)
+       ["group_status", group]                               -> ok: group status (below)
+           any replica; a leader's has "progress": {node: match index}
    read_mode is "linearizable" (ReadIndex, the default) or "lease"; it may be
    left out (["get", group, key]). "lease" is honoured only when the worker runs
    with lease_reads (otherwise it is served with ReadIndex). limit is an int
@@ -51,11 +84,44 @@ document (always a list). Frames above `FRAME_SIZE_BYTES_MAX` are refused.
                          {"node": answering id, "groups_total", "replicas", "routing_version",
                           "nodes":  [{"id", "address", "up", "workers": [worker info]}],
                           "groups": [{"id", "leader", "term", "commit", "applied", "voters",
-                                      "learners", "voters_outgoing",
-                                      "replicas": [{"node", "worker", "up", "role", "term",
-                                                    "commit", "applied", "last_index", "keys"}]}]}
+                                      "learners", "voters_outgoing", "joint",
+                                      "replicas": [{"node", "worker", "up", "member", "lag",
+                                                    "role", "term", "commit", "applied",
+                                                    "last_index", "keys"}]}]}
                          (commit/applied/voters... are the leader's; null fields: unknown)
+                         a group's replicas: the nodes of its Raft config and the nodes
+                         whose placement holds it; "member" is "voter", "learner",
+                         "outgoing" (joint) or "none" (placed, not in the config);
+                         "lag": entries behind the leader's last index
        ["ping"]       -> the node id
+       ["join", node_id, "host:port", workers]
+                      -> {"cluster": {"nodes" (the first nodes), "groups", "replicas",
+                          "key_hash"}, "members": {id: {"address", "epoch", "removed"}}}
+                         admits an empty node (`multiraft node --join`); a retried
+                         join with the same address is ok; a taken id or an address
+                         too close to a member's ports is an error. Members spread to
+                         the other coordinators through ["placement"] (below).
+       ["admin", command, {args}]
+                      -> {"job": id, "attached": bool, "node": id} once the job is
+                         started (multiraft.jobs: commands "add-learner", "promote",
+                         "add-voter", "remove-replica", "move-replica",
+                         "transfer-leader", "drain", "rebalance", "remove-node"; args
+                         "group", "node", "source", "target", "force", "dry_run");
+                         "error" with the reason if refused up front. The very same
+                         command while it runs attaches to its job.
+       ["job", id]    -> {"id", "command", "args", "describe", "state" ("running",
+                          "done", "failed"), "steps": [str], "error", "result",
+                          "started", "finished"}
+       ["jobs"]       -> [job, ...] (this coordinator's, kept until it restarts)
+       answered when done (any order; the connection stays usable meanwhile):
+       ["add_replica", g]  -> {"worker", "existed"}: an empty replica of g on this
+                         node's least loaded worker (placement.json first)
+       ["drop_replica", g] -> {"existed", "worker"}: delete this node's replica of
+                         g; refused while g's leader says this node is in its config
+       ["move_worker", g, from, to] -> {"worker", "moved"}: move this node's replica
+                         of g, Raft state and all, from worker `from` to `to`
+       ["placement"] also carries "members" (as in join) and "busy": {g: job} (the
+       groups this coordinator's jobs are changing).
        worker info: {"index", "up", "pid", "restarts", "last_exit", "raft_url",
                      "client_address", "groups": count}
        Unknown ops answer "error"; a frame that is not a valid frame closes the
@@ -65,10 +131,21 @@ document (always a list). Frames above `FRAME_SIZE_BYTES_MAX` are refused.
    when stdin closes, so a worker can never outlive its coordinator).
    The worker is `python -m workers` (workers/control.py).
        coordinator -> worker: ["config", WorkerConfig dict] (first frame),
-                              ["routing", routing table], ["shutdown"]
+                              ["routing", routing table], ["shutdown"],
+                              ["add_group", g], ["remove_group", g],
+                              ["export_group", g], ["import_group", g, state]
        worker -> coordinator: ["ready", {"raft_url": ..., "client_address": ...}],
                               ["status", {g: group status}, worker stats] (periodically)
+                              ["group_op", kind, g, {"ok", "error", ...}] (the answer
+                                  to each of the four group ops above)
                               ["error", {"message": str}] (fatal; then it exits non-zero)
+   add_group: an empty replica (no initial voters; anything left of an earlier
+   replica of g on this worker is deleted first). remove_group: stop g and
+   delete its log records and snapshot. export_group: stop g and answer with
+   its Raft state {"hard_state": [term, vote, commit], "snapshot": [index,
+   term, conf_state, data] | None, "entries": [[term, index, type, data]...]}
+   (the stored copy stays until remove_group); import_group: make that state
+   durable here and run g. All run between two raft rounds.
    WorkerConfig keys are documented in workers/config.py (node_id, worker_index,
    data_dir, raft_listen_url, client_listen_address, groups {g: [initial voter
    node ids]}, groups_total, tick_ms, election_tick, heartbeat_tick,
@@ -96,12 +173,14 @@ Routing table (coordinator -> clients and workers):
      "groups": {g: {"replicas": {node_id: worker_index}, "leader": node_id|None, "term": int}}}
     "version" grows whenever the content changes (per coordinator: tables of
     different coordinators are not ordered). A replica is listed once its
-    node's placement is known; "leader" comes from the replica status with the
+    node's placement is known, for every node whose placement holds the group
+    (membership changes move replicas: the first formula is not used);
+    "nodes" lists every member of the cluster; "leader" comes from the replica status with the
     highest term (a self-declared leader wins a tie) and is None while unknown
     or when that node is down. Worker "up" is false while the worker restarts.
 Group status (worker -> coordinator -> admin):
     {"role", "leader", "term", "commit", "applied", "last_index",
-     "voters", "learners", "voters_outgoing"}
+     "voters", "learners", "voters_outgoing"} (+ "progress": {node: match} on a leader)
     role is "follower", "pre_candidate", "candidate", "leader" or "failed" (a
     replica the worker stopped driving; "error" then says why). Workers also
     report "snapshot_index", "keys" (number of keys) and "pending" (client
@@ -131,7 +210,10 @@ READ_LINEARIZABLE = "linearizable"
 READ_LEASE = "lease"
 
 # Coordinator ops (channel 2).
-COORDINATOR_OPS = ("routing", "status", "placement", "cluster_status", "ping")
+COORDINATOR_OPS = (
+    "routing", "status", "placement", "cluster_status", "ping",
+    "join", "admin", "job", "jobs", "add_replica", "drop_replica", "move_worker",
+)
 
 # The keys of the ["config", {...}] frame the coordinator sends (channel 3);
 # workers/config.py documents them (and a few optional ones it also accepts).

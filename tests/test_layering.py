@@ -32,6 +32,9 @@ RULES: list[tuple[str, set[str]]] = [
     ("multiraft.sharding", {"attrs", "multiraft.raft"}),
     ("multiraft.placement", {"attrs", "multiraft.raft", "multiraft.sharding"}),
     ("multiraft.lincheck", {"attrs"}),
+    # RESP2 parsing and serialization: pure, no I/O (the rest of
+    # multiraft.resp composes the client, like the CLIs)
+    ("multiraft.resp.protocol", {"attrs"}),
     ("multiraft.wire", {"attrs", "cbor2", "multiraft.raft", "multiraft.kv", "multiraft.wire"}),
     (
         "multiraft.sim",

@@ -50,7 +50,7 @@ def test_config_defaults_and_round_trip():
         ({"client_listen_address": "localhost"}, "client_listen_address"),
         ({"client_listen_address": "h:99999"}, "client_listen_address"),
         ({"groups": {9: ["n1"]}}, "outside 0..7"),
-        ({"groups": {0: []}}, "non-empty list"),
+        ({"groups": {0: "n1"}}, "must be a list"),
         ({"groups": {0: ["n1", "n1"]}}, "listed twice"),
         ({"groups": {"x": ["n1"]}}, "group ids must be ints"),
         ({"groups": [0, 1]}, "groups must be a map"),

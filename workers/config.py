@@ -25,7 +25,9 @@ groups                      (required)   ``{group id: [initial voter node ids]}`
                                          whose replica on this node lives on this worker. The
                                          voters are used only for a group with no stored state
                                          (and only if this node is one of them; otherwise the
-                                         replica starts empty and waits for its leader).
+                                         replica starts empty and waits for its leader;
+                                         an empty list: a replica added by a membership
+                                         change, which always starts empty).
                                          Group ids may be ints or decimal strings (JSON).
 groups_total                (required)   the number of groups of the cluster; every group id
                                          must be below it
@@ -275,8 +277,8 @@ def _parse_groups(value: Any, total: int) -> dict[int, tuple[str, ...]]:
             raise ConfigError(f"group {g} is outside 0..{total - 1} (groups_total {total})")
         if g in out:
             raise ConfigError(f"group {g} is listed twice")
-        if not isinstance(voters, (list, tuple)) or not voters:
-            raise ConfigError(f"group {g}: initial voters must be a non-empty list of node ids")
+        if not isinstance(voters, (list, tuple)):
+            raise ConfigError(f"group {g}: initial voters must be a list of node ids")
         vs = tuple(_check_node_id(f"group {g} voter", v) for v in voters)
         if len(set(vs)) != len(vs):
             raise ConfigError(f"group {g}: initial voters listed twice: {list(vs)}")

@@ -11,7 +11,10 @@ worker's stdin (coordinator -> worker) and stdout (worker -> coordinator).
    ``["ready", {"raft_url", "client_address", "node_id", "worker_index",
    "address", "pid", "groups"}]``;
 3. every `status_interval` seconds write ``["status", {group: status}, stats]``;
-4. apply every ``["routing", table]``; stop on ``["shutdown"]``, on end of
+4. apply every ``["routing", table]``; run every ``["add_group", g]``,
+   ``["remove_group", g]``, ``["export_group", g]`` and
+   ``["import_group", g, state]`` (workers.membership) and answer it with
+   ``["group_op", kind, g, {"ok", "error", ...}]``; stop on ``["shutdown"]``, on end of
    stdin (the coordinator is gone) or on SIGTERM: the worker's tasks are
    cancelled (an fsync in progress completes), the log is closed (synced), and
    the exit status is 0.
@@ -35,6 +38,7 @@ import trio
 from multiraft import protocol
 
 from .config import ConfigError, WorkerConfig
+from .membership import GROUP_OPS
 
 __all__ = ["ControlPipe", "run_worker_process", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_CONFIG"]
 
@@ -166,6 +170,14 @@ async def run_worker_process(
                             worker.set_routing(frame[1])
                         except RoutingError as exc:
                             _log.error("ignoring a bad routing table: %s", exc)
+                    elif frame[0] in GROUP_OPS and len(frame) >= 2:
+                        # ["add_group", g] and friends: answered with
+                        # ["group_op", kind, g, {"ok", "error", ...}]
+                        result = await worker.group_op(frame[0], frame[1], frame[2] if len(frame) > 2 else None)
+                        try:
+                            await pipe.send(["group_op", frame[0], frame[1], result])
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            break
                     else:
                         ignored += 1
                 stop.set()

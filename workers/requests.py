@@ -15,6 +15,7 @@ import attrs
 from multiraft import kv, protocol
 
 __all__ = [
+    "AdminRequest",
     "BadRequest",
     "ReadRequest",
     "WriteRequest",
@@ -41,11 +42,28 @@ class PingRequest:
 
 
 @attrs.frozen
+class AdminRequest:
+    """A membership request of the coordinators (multiraft-admin), see
+    multiraft.protocol: conf_change, transfer_leader, group_status."""
+
+    req_id: Any
+    op: str
+    group: int
+    changes: tuple[tuple[str, str], ...] = ()  # conf_change: (kind, node) pairs
+    joint: bool = False  # conf_change: force joint consensus
+    node: str | None = None  # transfer_leader: the target
+
+
+ADMIN_OPS = ("conf_change", "transfer_leader", "group_status")
+CONF_CHANGE_KINDS = ("add_voter", "add_learner", "remove")
+
+
+@attrs.frozen
 class WriteRequest:
     req_id: Any
     op: str
     group: int
-    command: kv.Put | kv.Delete | kv.Cas
+    command: kv.Put | kv.Delete | kv.Cas | kv.PutMany | kv.Incr | kv.Append | kv.PutIf
 
 
 @attrs.frozen
@@ -53,12 +71,19 @@ class ReadRequest:
     req_id: Any
     op: str
     group: int
-    query: kv.Get | kv.Scan
+    query: kv.Get | kv.Scan | kv.ScanKeys | kv.Count
     lease: bool  # the client asked for read_mode "lease"
 
 
 # op -> number of items after req_id and op
-_ARITY = {"put": 5, "delete": 4, "cas": 6, "get": 3, "scan": 4}
+_ARITY = {
+    "put": 5, "delete": 4, "cas": 6, "get": 3, "scan": 4,
+    # added for the Redis front-end (docs/resp.md)
+    "mput": 4, "incr": 5, "append": 5, "putif": 6, "keys": 4, "count": 1,
+}
+_CONDITIONS = {"always": kv.PUT_IF_ALWAYS, "absent": kv.PUT_IF_ABSENT, "present": kv.PUT_IF_PRESENT}
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
 
 
 def _req_id(frame: list) -> Any:
@@ -101,6 +126,8 @@ def parse_request(frame: list, *, scan_items_max: int = 10_000) -> PingRequest |
     op = frame[1]
     if op == "ping":
         return PingRequest(rid)
+    if op in ADMIN_OPS:
+        return _parse_admin(rid, op, frame[2:])
     arity = _ARITY.get(op)
     if arity is None:
         raise BadRequest(rid, f"unknown op {op!r}")
@@ -125,6 +152,8 @@ def parse_request(frame: list, *, scan_items_max: int = 10_000) -> PingRequest |
         new = _opt_bytes(rid, "new", args[3])
         cmd = kv.Cas(key, expected, new, _u64(rid, "client_id", args[4]), _u64(rid, "seq", args[5]))
         return WriteRequest(rid, op, g, cmd)
+    if op in ("mput", "incr", "append", "putif", "keys", "count"):
+        return _parse_more(rid, op, g, args, scan_items_max)
     if op == "get":
         key = _bytes(rid, "key", args[1])
         mode = args[2]
@@ -142,6 +171,78 @@ def parse_request(frame: list, *, scan_items_max: int = 10_000) -> PingRequest |
     return ReadRequest(rid, op, g, kv.Scan(start, prefix, min(limit, scan_items_max)), False)
 
 
+def _parse_more(rid: Any, op: str, g: int, args: list, scan_items_max: int) -> WriteRequest | ReadRequest:
+    """The ops added for the Redis front-end (see multiraft.protocol)."""
+    if op == "count":
+        return ReadRequest(rid, op, g, kv.Count(), False)
+    if op == "keys":
+        start = _bytes(rid, "start", args[1])
+        prefix = _bytes(rid, "prefix", args[2])
+        limit = args[3]
+        if limit is None:
+            limit = scan_items_max
+        elif type(limit) is not int or limit < 0:
+            raise BadRequest(rid, f"limit must be null or an int >= 0, got {limit!r}")
+        return ReadRequest(rid, op, g, kv.ScanKeys(start, prefix, min(limit, scan_items_max)), False)
+    cid, seq = _u64(rid, "client_id", args[-2]), _u64(rid, "seq", args[-1])
+    if op == "mput":
+        items = args[1]
+        if type(items) is not list or not items:
+            raise BadRequest(rid, "items must be a non-empty list of [key, value or null]")
+        pairs = []
+        for item in items:
+            if type(item) is not list or len(item) != 2:
+                raise BadRequest(rid, f"an item must be [key, value or null], got {item!r:.80}")
+            pairs.append((_bytes(rid, "key", item[0]), _opt_bytes(rid, "value", item[1])))
+        return WriteRequest(rid, op, g, kv.PutMany(tuple(pairs), cid, seq))
+    key = _bytes(rid, "key", args[1])
+    if op == "incr":
+        delta = args[2]
+        if type(delta) is not int or not _I64_MIN <= delta <= _I64_MAX:
+            raise BadRequest(rid, f"delta must be an int in [-2**63, 2**63), got {delta!r}")
+        return WriteRequest(rid, op, g, kv.Incr(key, delta, cid, seq))
+    if op == "append":
+        return WriteRequest(rid, op, g, kv.Append(key, _bytes(rid, "suffix", args[2]), cid, seq))
+    value = _bytes(rid, "value", args[2])
+    condition = _CONDITIONS.get(args[3]) if type(args[3]) is str else None
+    if condition is None:
+        raise BadRequest(rid, f"condition must be 'always', 'absent' or 'present', got {args[3]!r}")
+    return WriteRequest(rid, op, g, kv.PutIf(key, value, condition, cid, seq))
+
+
+_INCR_ERRORS = {kv.INCR_NOT_INTEGER: "not_integer", kv.INCR_OVERFLOW: "overflow"}
+
+
+def _node(rid: Any, value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise BadRequest(rid, f"a node id must be a non-empty string, got {value!r:.80}")
+    return value
+
+
+def _parse_admin(rid: Any, op: str, args: list) -> AdminRequest:
+    """["conf_change", group, [[kind, node], ...], joint], ["transfer_leader",
+    group, node], ["group_status", group]."""
+    arity = {"conf_change": 3, "transfer_leader": 2, "group_status": 1}[op]
+    if len(args) != arity:
+        raise BadRequest(rid, f"{op} takes {arity} arguments after the op, got {len(args)}")
+    g = _group(rid, args[0])
+    if op == "group_status":
+        return AdminRequest(rid, op, g)
+    if op == "transfer_leader":
+        return AdminRequest(rid, op, g, node=_node(rid, args[1]))
+    changes = args[1]
+    if type(changes) is not list or not changes or len(changes) > 16:
+        raise BadRequest(rid, "changes must be a list of 1 to 16 [kind, node] pairs")
+    out = []
+    for c in changes:
+        if type(c) is not list or len(c) != 2 or c[0] not in CONF_CHANGE_KINDS:
+            raise BadRequest(rid, f"a change is [kind, node] with kind one of {', '.join(CONF_CHANGE_KINDS)}, got {c!r:.80}")
+        out.append((c[0], _node(rid, c[1])))
+    if type(args[2]) is not bool:
+        raise BadRequest(rid, f"joint must be true or false, got {args[2]!r}")
+    return AdminRequest(rid, op, g, changes=tuple(out), joint=args[2])
+
+
 def write_payload(result: object) -> tuple[str, Any]:
     """A KV apply result -> (status, payload) for the client."""
     kind = type(result)
@@ -151,6 +252,14 @@ def write_payload(result: object) -> tuple[str, Any]:
         return protocol.OK, result.existed
     if kind is kv.CasResult:
         return protocol.OK, [result.ok, result.current]
+    if kind is kv.PutManyResult:
+        return protocol.OK, result.existed
+    if kind is kv.IncrResult:
+        return protocol.OK, [result.value, _INCR_ERRORS.get(result.error)]
+    if kind is kv.AppendResult:
+        return protocol.OK, result.length
+    if kind is kv.PutIfResult:
+        return protocol.OK, [result.done, result.previous]
     if kind is kv.StaleRequest:
         return protocol.ERROR, (
             f"stale request: seq {result.seq} of client {result.client_id} is older than "

@@ -68,6 +68,8 @@ from .client_server import ClientServer, Connection
 from .config import ConfigError, WorkerConfig, parse_host_port
 from .group import Group, Request
 from .requests import BadRequest, PingRequest, ReadRequest, parse_request, write_payload
+from .requests import AdminRequest
+from . import membership
 
 __all__ = ["Worker", "WorkerError", "RoutingError"]
 
@@ -192,6 +194,10 @@ class Worker:
         self._ctx_seq = 0
         self._request_timeout = config.limits.request_timeout_ms / 1000.0
         self._tick_interval = config.tick_ms / 1000.0
+        # Placement changes (add/remove/export/import a group) waiting for the
+        # raft loop, and the last routing table (applied to groups added later).
+        self._group_ops: list = []
+        self._routing_table: Any = None
 
     # ==== lifecycle ============================================================
 
@@ -382,6 +388,7 @@ class Worker:
             if addr not in wanted:
                 transport.remove_peer(addr)
         self.routing_version = version
+        self._routing_table = table
         self.counters["routing_updates"] += 1
 
     def _parse_routing(self, table: Any) -> tuple[Any, dict[int, dict[str, str]], dict[str, str]]:
@@ -503,6 +510,8 @@ class Worker:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            if self._group_ops:
+                await membership.run_group_ops(self)
             await self._round()
             # A round without I/O has no checkpoint: let the others run.
             await trio.lowlevel.checkpoint()
@@ -751,6 +760,11 @@ class Worker:
         q = req.query
         if type(q) is kv.Get:
             payload: Any = g.kv.get(q.key)
+        elif type(q) is kv.ScanKeys:  # "keys": [keys, next start or None]
+            r = g.kv.scan_keys(q.start, q.limit, prefix=q.prefix, bytes_max=self.limits.scan_bytes_max)
+            payload = [list(r.keys), r.next]
+        elif type(q) is kv.Count:
+            payload = len(g.kv)
         else:
             assert isinstance(q, kv.Scan)
             # At most scan_bytes_max of keys and values (at least one pair):
@@ -857,6 +871,9 @@ class Worker:
         if type(req) is PingRequest:
             conn.respond(req.req_id, protocol.OK, self.address)
             return
+        if type(req) is AdminRequest:
+            membership.handle_admin(self, conn, req)
+            return
         g = self.groups.get(req.group)
         if g is None:
             counters["client_no_group"] += 1
@@ -962,6 +979,11 @@ class Worker:
             core.update(g.raft.counters)
         out["raft"] = dict(core)
         return out
+
+    async def group_op(self, op: str, gid: int, data: Any = None) -> dict:
+        """Add, remove, export or import a group's replica (workers.membership),
+        between two raft rounds. Returns {"ok": bool, "error": str|None, ...}."""
+        return await membership.group_op(self, op, gid, data)
 
     def check_invariants(self) -> None:
         """For tests: every group's core invariants, and the request accounting."""

@@ -1,0 +1,124 @@
+"""Membership inside workers (workers.membership), in-process on a virtual clock:
+conf_change / transfer_leader / group_status on the client port, and the
+placement changes of the control pipe (add, remove, export, import a group)."""
+
+from __future__ import annotations
+
+import trio
+
+from multiraft.raft.types import StateRole
+from workers.testing import open_cluster
+
+BOUND = 120
+
+
+async def _status(c, g=0):
+    status, st = await c.call("group_status", g)
+    assert status == "ok", st
+    return st
+
+
+async def _wait_conf(cluster, leader, predicate):
+    async with cluster.client(leader) as c:
+        while True:
+            st = await _status(c)
+            if predicate(st):
+                return st
+            await trio.sleep(0.05)
+
+
+async def test_conf_change_remove_and_readd_a_replica(tmp_path, autojump_clock):
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path, groups=1) as cluster:
+            leader = await cluster.wait_leader(0)
+            other = next(n for n in ("n1", "n2", "n3") if n != leader)
+            async with cluster.client(leader) as c:
+                for i in range(30):
+                    assert (await c.call("put", 0, b"k%d" % i, b"v", 0, 0))[0] == "ok"
+                st = await _status(c)
+                assert st["role"] == "leader" and set(st["progress"]) == {"n1", "n2", "n3"}
+                # malformed and refused requests
+                assert (await c.call("conf_change", 0, [["bogus", "n9"]], False))[0] == "error"
+                assert (await c.call("conf_change", 0, [["remove", "n1"], ["remove", "n2"], ["remove", "n3"]], True))[0] == "error"
+                status, payload = await c.call("conf_change", 0, [["remove", other]], False)
+                assert status == "ok" and payload["index"] > 0
+            await _wait_conf(cluster, leader, lambda st: other not in st["voters"] and st["applied"] >= payload["index"])
+            w = cluster.workers[other]
+            result = await w.group_op("remove_group", 0)
+            assert result["ok"] and result["existed"] and 0 not in w.groups
+            # a request for it now: no_group; its storage is gone
+            assert w.log.last_index(0) == 0 and w.snapshots.load_snapshot(0) is None
+            # back as an empty learner, then a voter
+            result = await w.group_op("add_group", 0)
+            assert result["ok"] and not result["existed"]
+            assert w.groups[0].raft.log.last_index() == 0
+            async with cluster.client(leader) as c:
+                assert (await c.call("conf_change", 0, [["add_learner", other]], False))[0] == "ok"
+                st = await _wait_conf(
+                    cluster, leader,
+                    lambda st: other in st["learners"] and st["progress"].get(other, 0) >= st["last_index"],
+                )
+                assert (await c.call("conf_change", 0, [["add_voter", other]], False))[0] == "ok"
+                await _wait_conf(cluster, leader, lambda st: other in st["voters"])
+                assert (await c.call("put", 0, b"after", b"x", 0, 0))[0] == "ok"
+            index = cluster.workers[leader].groups[0].raft.log.applied
+            await cluster.wait_applied(0, index)
+            assert w.groups[0].kv.get(b"k7") == b"v" and w.groups[0].kv.get(b"after") == b"x"
+            for wk in cluster.workers.values():
+                wk.check_invariants()
+
+
+async def test_export_and_import_keep_the_raft_state(tmp_path, autojump_clock):
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path, groups=1) as cluster:
+            leader = await cluster.wait_leader(0)
+            follower = next(n for n in ("n1", "n2", "n3") if n != leader)
+            async with cluster.client(leader) as c:
+                for i in range(20):
+                    assert (await c.call("put", 0, b"k%d" % i, b"v%d" % i, 0, 0))[0] == "ok"
+            index = cluster.workers[leader].groups[0].raft.log.applied
+            await cluster.wait_applied(0, index)
+            w = cluster.workers[follower]
+            before = w.groups[0].raft
+            term, vote = before.term, before.vote
+            exported = await w.group_op("export_group", 0)
+            assert exported["ok"] and 0 not in w.groups
+            state = exported["state"]
+            assert state["hard_state"][:2] == [term, vote] and state["snapshot"][0] == index
+            # the group goes on without it
+            async with cluster.client(leader) as c:
+                assert (await c.call("put", 0, b"during", b"x", 0, 0))[0] == "ok"
+            imported = await w.group_op("import_group", 0, state)
+            assert imported["ok"]
+            raft = w.groups[0].raft
+            assert (raft.term, raft.vote) == (term, vote) and w.groups[0].kv.get(b"k3") == b"v3"
+            async with cluster.client(leader) as c:
+                assert (await c.call("put", 0, b"after", b"y", 0, 0))[0] == "ok"
+            index = cluster.workers[leader].groups[0].raft.log.applied
+            await cluster.wait_applied(0, index)
+            assert w.groups[0].kv.get(b"during") == b"x"
+            # it is durable: a restart finds it
+            await cluster.stop(follower)
+            w = await cluster.start(follower)
+            await cluster.wait_applied(0, index, nodes=(follower,))
+            assert w.groups[0].kv.get(b"after") == b"y"
+            # importing twice is refused; an unknown op too
+            assert not (await w.group_op("import_group", 0, state))["ok"]
+            assert not (await w.group_op("frobnicate", 0))["ok"]
+
+
+async def test_transfer_leader_and_group_status(tmp_path, autojump_clock):
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path, groups=1) as cluster:
+            leader = await cluster.wait_leader(0)
+            target = next(n for n in ("n1", "n2", "n3") if n != leader)
+            async with cluster.client(target) as c:
+                st = await _status(c)
+                assert st["role"] == "follower" and "progress" not in st
+                assert await c.call("transfer_leader", 0, leader) == ["not_leader", leader]
+                assert (await c.call("group_status", 5))[0] == "no_group"
+            async with cluster.client(leader) as c:
+                assert (await c.call("transfer_leader", 0, "n9"))[0] == "error"
+                assert (await c.call("transfer_leader", 0, target))[0] == "ok"
+            await cluster.wait_leader(0, exclude=(leader,))
+            assert cluster.workers[target].groups[0].raft.role == StateRole.LEADER
