@@ -89,6 +89,104 @@ def _check_u64(what: str, value) -> None:
         raise InvalidWriteError(f"{what} must be an int in [0, 2**63), got {value!r}")
 
 
+def check_entries(g: int, ents, base: int, base_term: int, last: int, last_term: int | None, view) -> tuple:
+    """Validate entries to be written to group g, whose log holds base+1..last.
+
+    last_term is term(last) when known (None: ask view.term). Returns
+    (first, n, terms, types, datas): the columns of the entries, as tuples.
+    The rules (docs/storage.md): indexes are ints, contiguous, and start in
+    (base, last + 1]; terms are ints that do not decrease from term(first - 1);
+    types are ints in [0, 256); datas are bytes or bytearray.
+    """
+    n = len(ents)
+    if n == 1:
+        t0, first, ty, d = check_entry(g, ents[0], base, base_term, last, last_term, view)
+        return first, 1, (t0,), (ty,), (d,)
+    try:
+        terms, idxs, types, datas = zip(*ents)
+    except (TypeError, ValueError):
+        raise InvalidWriteError(f"group {g}: entries must be Entry(term, index, type, data)") from None
+    first = idxs[0]
+    if type(first) is not int:
+        raise InvalidWriteError(f"group {g}: entry index must be an int, got {first!r}")
+    if first <= base:
+        raise InvalidWriteError(f"group {g}: entries start at {first}, at or below the compacted index {base}")
+    if first > last + 1:
+        raise InvalidWriteError(f"group {g}: entries start at {first}, leaving a gap after the last index {last}")
+    if idxs != tuple(range(first, first + n)) or type(sum(idxs)) is not int:
+        raise InvalidWriteError(f"group {g}: entry indexes are not contiguous ints from {first}")
+    if first - 1 == last and last_term is not None:
+        prev_term = last_term
+    elif first - 1 == base:
+        prev_term = base_term
+    else:
+        prev_term = view.term(first - 1)
+    t0 = terms[0]
+    if type(t0) is not int or t0 < prev_term:
+        raise InvalidWriteError(f"group {g}: entry {first} has term {t0!r} below the previous term {prev_term}")
+    if terms.count(t0) != n:
+        if not all(type(t) is int for t in terms) or list(terms) != sorted(terms):
+            raise InvalidWriteError(f"group {g}: entry terms must be ints that do not decrease")
+    elif type(sum(terms)) is not int:  # equal to t0 but not all ints (5.0 == 5)
+        raise InvalidWriteError(f"group {g}: entry terms must be ints that do not decrease")
+    if terms[-1] >= U64 or first + n > U64:
+        raise InvalidWriteError(f"group {g}: entry term or index out of range")
+    if list(map(type, datas)).count(bytes) != n and not set(map(type, datas)) <= _BYTES_TYPES:
+        raise InvalidWriteError(f"group {g}: entry data must be bytes")
+    # All zero (the common case): the same verdict as the loop below, cheaper.
+    if types.count(0) != n or type(types[0]) is not int:
+        for ty in set(types):
+            if type(ty) is not int or not 0 <= ty < 256:
+                raise InvalidWriteError(f"group {g}: entry type must be an int in [0, 256), got {ty!r}")
+    return first, n, terms, types, datas
+
+
+def check_entry(g: int, e, base: int, base_term: int, last: int, last_term: int | None, view) -> tuple:
+    """check_entries for a single entry; returns (term, index, type, data)."""
+    try:
+        t0, first, ty, d = e
+    except (TypeError, ValueError):
+        raise InvalidWriteError(f"group {g}: entries must be Entry(term, index, type, data)") from None
+    if type(first) is not int:
+        raise InvalidWriteError(f"group {g}: entry index must be an int, got {first!r}")
+    if first <= base:
+        raise InvalidWriteError(f"group {g}: entries start at {first}, at or below the compacted index {base}")
+    if first > last + 1:
+        raise InvalidWriteError(f"group {g}: entries start at {first}, leaving a gap after the last index {last}")
+    if first - 1 == last and last_term is not None:
+        prev_term = last_term
+    elif first - 1 == base:
+        prev_term = base_term
+    else:
+        prev_term = view.term(first - 1)
+    if type(t0) is not int or t0 < prev_term:
+        raise InvalidWriteError(f"group {g}: entry {first} has term {t0!r} below the previous term {prev_term}")
+    if t0 >= U64 or first >= U64:
+        raise InvalidWriteError(f"group {g}: entry term or index out of range")
+    if type(d) not in _BYTES_TYPES:
+        raise InvalidWriteError(f"group {g}: entry data must be bytes")
+    if type(ty) is not int or not 0 <= ty < 256:
+        raise InvalidWriteError(f"group {g}: entry type must be an int in [0, 256), got {ty!r}")
+    return e if type(e) is Entry else (t0, first, ty, d)
+
+
+def check_hard_state(g: int, hs) -> None:
+    """Validate a hard state: a HardState of ints in [0, 2**63) and a short str (or None) vote."""
+    if type(hs) is not HardState and not isinstance(hs, HardState):
+        raise InvalidWriteError(f"group {g}: hard_state must be a HardState")
+    term, vote, commit = hs
+    if type(term) is not int or type(commit) is not int or not (0 <= term < U64 and 0 <= commit < U64):
+        _check_u64("hard_state.term", term)
+        _check_u64("hard_state.commit", commit)
+    if vote is None or type(vote) is str and vote.isascii() and len(vote) < 0xFFFF:
+        return  # (an ASCII str encodes to as many bytes as it has characters)
+    try:
+        if not isinstance(vote, str) or len(vote.encode()) >= 0xFFFF:
+            raise InvalidWriteError(f"group {g}: hard_state.vote must be None or a short str")
+    except UnicodeEncodeError:
+        raise InvalidWriteError(f"group {g}: hard_state.vote cannot be encoded as UTF-8") from None
+
+
 def plan_group_write(gw: GroupWrite, view: GroupView) -> list[tuple]:
     """Validate gw against the group's state; return the operations to apply."""
     _check_u64("group", gw.group)
@@ -122,44 +220,7 @@ def plan_group_write(gw: GroupWrite, view: GroupView) -> list[tuple]:
             last = i - 1
     ents = gw.entries
     if ents:
-        n = len(ents)
-        try:
-            if n == 1:
-                t0, first, ty, d = ents[0]
-                terms, idxs, types, datas = (t0,), (first,), (ty,), (d,)
-            else:
-                terms, idxs, types, datas = zip(*ents)
-                first = idxs[0]
-        except (TypeError, ValueError):
-            raise InvalidWriteError(f"group {g}: entries must be Entry(term, index, type, data)") from None
-        if type(first) is not int:
-            raise InvalidWriteError(f"group {g}: entry index must be an int, got {first!r}")
-        if first <= base:
-            raise InvalidWriteError(f"group {g}: entries start at {first}, at or below the compacted index {base}")
-        if first > last + 1:
-            raise InvalidWriteError(f"group {g}: entries start at {first}, leaving a gap after the last index {last}")
-        if n > 1 and idxs != tuple(range(first, first + n)):
-            raise InvalidWriteError(f"group {g}: entry indexes are not contiguous from {first}")
-        prev_term = base_term if first - 1 == base else view.term(first - 1)
-        t0 = terms[0]
-        if type(t0) is not int or t0 < prev_term:
-            raise InvalidWriteError(f"group {g}: entry {first} has term {t0!r} below the previous term {prev_term}")
-        if n > 1 and terms.count(t0) != n:
-            if not all(type(t) is int for t in terms) or list(terms) != sorted(terms):
-                raise InvalidWriteError(f"group {g}: entry terms must be ints that do not decrease")
-        if terms[-1] >= U64 or first + n > U64:
-            raise InvalidWriteError(f"group {g}: entry term or index out of range")
-        if n == 1:
-            if type(datas[0]) not in _BYTES_TYPES:
-                raise InvalidWriteError(f"group {g}: entry data must be bytes")
-            if type(ty) is not int or not 0 <= ty < 256:
-                raise InvalidWriteError(f"group {g}: entry type must be an int in [0, 256), got {ty!r}")
-        else:
-            if not set(map(type, datas)) <= _BYTES_TYPES:
-                raise InvalidWriteError(f"group {g}: entry data must be bytes")
-            for ty in set(types):
-                if type(ty) is not int or not 0 <= ty < 256:
-                    raise InvalidWriteError(f"group {g}: entry type must be an int in [0, 256), got {ty!r}")
+        first, n, terms, types, datas = check_entries(g, ents, base, base_term, last, None, view)
         ops.append((OP_ENTRIES, first, ents, terms, types, datas))
     if gw.conf_state is not None:
         if not isinstance(gw.conf_state, ConfState):
@@ -167,11 +228,6 @@ def plan_group_write(gw: GroupWrite, view: GroupView) -> list[tuple]:
         ops.append((OP_CONF_STATE, gw.conf_state))
     hs = gw.hard_state
     if hs is not None:
-        if not isinstance(hs, HardState):
-            raise InvalidWriteError(f"group {g}: hard_state must be a HardState")
-        _check_u64("hard_state.term", hs.term)
-        _check_u64("hard_state.commit", hs.commit)
-        if hs.vote is not None and (not isinstance(hs.vote, str) or len(hs.vote.encode()) >= 0xFFFF):
-            raise InvalidWriteError(f"group {g}: hard_state.vote must be None or a short str")
+        check_hard_state(g, hs)
         ops.append((OP_HARD_STATE, hs))
     return ops

@@ -2,15 +2,18 @@
 
 Blocking I/O, no trio. Records of many groups are interleaved in
 `logs/segment_*.log` (format: storage/records.py, docs/storage.md). One write()
-call (one batch of GroupWrites for many groups) becomes one os.write and at
-most one fsync. Concurrent write() calls from several threads are combined
-(group commit, up to options.batch_size calls per fsync).
+call (one batch of GroupWrites for many groups) becomes one physical write
+(os.write, or os.writev for large ones) and at most one fsync. Concurrent
+write() calls from several threads are combined (group commit, up to
+options.batch_size calls per fsync). The write path is tuned for the worker's
+round: one GroupWrite per group with new entries and/or a hard state (see
+_encode_batch); the other operations take the general path (plan_group_write).
 
-In memory, per group: the log's base (compacted index and term), the extents
-(one per ENTRIES record: first index, count, LSN and length of the record, its
-term if uniform), hard state, conf state, and a bounded cache of recent entries.
-An LSN is a global byte position across segments; a segment is named by the LSN
-of its first byte.
+In memory, per group: the log's base (compacted index and term), last index and
+term, the extents (one per ENTRIES record: first index, count, LSN and length
+of the record, its term if uniform), hard state, conf state, the segment it
+pins, and a bounded cache of recent entries. An LSN is a global byte position
+across segments; a segment is named by the LSN of its first byte.
 
 Each group "pins" the segment holding its oldest needed record; segments are
 deleted, oldest first, once nothing pins them. When more than
@@ -25,6 +28,7 @@ import bisect
 import collections
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import struct
@@ -45,7 +49,11 @@ from .batch import (
     OP_HARD_STATE,
     OP_RESET,
     OP_TRUNCATE,
+    U64,
     GroupWrite,
+    check_entries,
+    check_entry,
+    check_hard_state,
     plan_group_write,
 )
 from .errors import (
@@ -65,11 +73,14 @@ from .records import (
     ENTRIES_HEAD,
     ENTRIES_HEAD_SIZE,
     ENTRY_TABLE_BYTES,
+    HARD_STATE_BODY,
+    HEAD,
     HEADER,
     HEADER_SIZE,
     INDEX_BODY,
     INDEX_TERM_BODY,
     MAX_ENTRIES_BODY,
+    NO_VOTE,
     RECORD_MAGIC,
     RECORD_MAGIC_BYTES,
     SEGMENT_HEADER_SIZE,
@@ -90,8 +101,92 @@ from .records import (
 logger = logging.getLogger(__name__)
 
 SECTOR = 512
-_U64 = struct.Struct("<Q")
 ZERO_RUN = 64  # a torn write shows as zeroed sectors: a run this long (or a whole short record)
+NO_PIN_END = 1 << 63  # pin_end of a group without a pin: any change may give it one
+
+_U64 = struct.Struct("<Q")
+_T_ENTRIES = int(RecordType.ENTRIES)
+_T_HARD_STATE = int(RecordType.HARD_STATE)
+# The write path packs the rest of a record header (after magic and crc) and
+# the start of its body with one struct call:
+_REST_ENTRIES = struct.Struct("<IBBHQQQI")  # + ENTRIES first, n
+_REST_ENTRY1 = struct.Struct("<IBBHQQQIQIB")  # + ENTRIES first, n = 1, and the entry's term, length, type
+_REST_HS = struct.Struct("<IBBHQQQQH")  # + HARD_STATE term, commit, vote length
+# Recovery reads a header and the start of an ENTRIES body with one call:
+_HEADER_ENTRIES = struct.Struct("<IIIBBHQQQIQ")  # + ENTRIES first, n, first term
+assert _REST_ENTRIES.size == HEADER_SIZE - HEAD.size + ENTRIES_HEAD_SIZE
+assert _REST_ENTRY1.size == _REST_ENTRIES.size + ENTRY_TABLE_BYTES
+assert _REST_HS.size == HEADER_SIZE - HEAD.size + HARD_STATE_BODY.size
+assert _HEADER_ENTRIES.size == HEADER_SIZE + ENTRIES_HEAD_SIZE + 8
+# An ENTRIES record's data up to this size is copied after its table (one
+# piece, one crc32 call); larger data stays a piece of its own (no copy).
+SMALL_DATA = 4096
+# Entries of at least this size (on average, in a record of more than
+# 4 * SMALL_DATA bytes, once a write holds ITEMIZE_AFTER bytes) go out as
+# pieces of their own (see _encode_batch).
+LARGE_ENTRY = 1024
+ITEMIZE_AFTER = 1 << 20
+# A write of at least WRITEV_MIN bytes in pieces of WRITEV_PIECE bytes or more
+# on average goes out with os.writev; anything else is joined into one buffer
+# first (cheaper for many small pieces; measured on Linux, tmpfs and ext4).
+WRITEV_MIN = 256 << 10
+WRITEV_PIECE = 2048
+try:
+    IOV_MAX = max(16, min(1024, os.sysconf("SC_IOV_MAX")))
+except (ValueError, OSError, AttributeError):  # pragma: no cover
+    IOV_MAX = 16
+_U64S: dict[int, struct.Struct] = {}
+_U32S: dict[int, struct.Struct] = {}
+
+
+def _u64s(n: int) -> struct.Struct:
+    s = _U64S.get(n)
+    if s is None:
+        if len(_U64S) > 1024:
+            _U64S.clear()
+        s = _U64S[n] = struct.Struct(f"<{n}Q")
+    return s
+
+
+def _u32s(n: int) -> struct.Struct:
+    s = _U32S.get(n)
+    if s is None:
+        if len(_U32S) > 1024:
+            _U32S.clear()
+        s = _U32S[n] = struct.Struct(f"<{n}I")
+    return s
+
+
+def _write_fully(fd: int, buf, done: int) -> None:
+    """Finish writing buf, of which `done` bytes were written."""
+    if done == len(buf):
+        return
+    mv = memoryview(buf)
+    try:
+        while done < len(buf):
+            done += os.write(fd, mv[done:])
+    finally:
+        mv.release()
+
+
+_STAT_KEYS = (
+    "writes",
+    "combined_writes",
+    "physical_writes",
+    "syncs",
+    "records_written",
+    "entries_written",
+    "bytes_written",
+    "rotations",
+    "segments_deleted",
+    "groups_rewritten",
+    "bytes_rewritten",
+    "rewrites_skipped",
+    "entries_read_from_cache",
+    "entries_read_from_disk",
+    "records_recovered",
+    "disk_full_errors",
+)
 
 
 def disk_free_bytes(path) -> int:
@@ -121,12 +216,19 @@ class _Segment:
 class _Group:
     """One group's state in the index.
 
+    The extents, one per ENTRIES record still holding live entries: ext_first[k]
+    is the first live index of record k, and ext[4k : 4k + 4] its live count,
+    LSN, length (header included) and term (-1: the terms differ, see mixed).
+
     Invariants (check_invariants):
     - extents are sorted, contiguous, non-empty, and cover exactly
-      base_index + 1 .. last_index;
-    - ext_term[k] == -1 iff mixed holds the terms of the record at ext_lsn[k];
-    - the cache is empty, or holds entries cache_first .. last_index, with
-      cache_first > base_index.
+      base_index + 1 .. last_index; last_term == term(last_index);
+    - a record's term is -1 iff mixed holds its terms (by LSN);
+    - the cache holds the most recent entries: last_index - len(cache) + 1 ..
+      last_index, all above base_index;
+    - pin is the base of the segment holding min_lsn() (-1: none), and pin_end
+      is at least the LSN where that segment ends (a record replaced at an LSN
+      >= pin_end cannot move the pin).
     """
 
     __slots__ = (
@@ -134,181 +236,195 @@ class _Group:
         "base_index",
         "base_term",
         "base_lsn",
+        "last_index",
+        "last_term",
         "hs",
         "hs_lsn",
         "cs",
         "cs_lsn",
         "ext_first",
-        "ext_count",
-        "ext_lsn",
-        "ext_len",
-        "ext_term",
+        "ext",
         "mixed",
         "cache",
-        "cache_first",
+        "pin",
+        "pin_end",
     )
 
-    def __init__(self, group: int) -> None:
+    def __init__(self, group: int, cache_cap: int = 0) -> None:
         self.group = group
         self.base_index = 0
         self.base_term = 0
         self.base_lsn = -1  # LSN of the COMPACT/RESET record that set the base (-1: none)
+        self.last_index = 0
+        self.last_term = 0
         self.hs: HardState | None = None
         self.hs_lsn = -1
         self.cs: ConfState | None = None
         self.cs_lsn = -1
         self.ext_first = array("q")
-        self.ext_count = array("q")
-        self.ext_lsn = array("q")
-        self.ext_len = array("q")
-        self.ext_term = array("q")  # the record's term, or -1: see mixed
+        self.ext = array("q")  # per record: live count, LSN, length, term (or -1)
         self.mixed: dict[int, tuple[int, tuple[int, ...]]] = {}  # lsn -> (record first index, terms)
-        self.cache: list[Entry] = []
-        self.cache_first = 0
-
-    @property
-    def last_index(self) -> int:
-        ef = self.ext_first
-        if ef:
-            return ef[-1] + self.ext_count[-1] - 1
-        return self.base_index
+        self.cache: collections.deque[Entry] = collections.deque(maxlen=cache_cap)
+        self.pin = -1
+        self.pin_end = NO_PIN_END
 
     def term(self, i: int) -> int:
+        if i == self.last_index:
+            return self.last_term
         c = self.cache
-        if c and i >= self.cache_first and i - self.cache_first < len(c):
-            return c[i - self.cache_first].term
+        k = i - self.last_index + len(c) - 1  # where entry i is in the cache
+        if 0 <= k < len(c):
+            return c[k].term
         if i == self.base_index:
             return self.base_term
         if i < self.base_index:
             raise LogCompactedError(self.group, i, self.base_index + 1)
-        ef = self.ext_first
-        if not ef or i >= ef[-1] + self.ext_count[-1]:
+        if i > self.last_index:
             raise LogUnavailableError(self.group, i, self.last_index)
-        k = bisect.bisect_right(ef, i) - 1
-        t = self.ext_term[k]
+        return self._disk_term(i)
+
+    def _disk_term(self, i: int) -> int:
+        k = bisect.bisect_right(self.ext_first, i) - 1
+        t = self.ext[4 * k + 3]
         if t >= 0:
             return t
-        rec_first, terms = self.mixed[self.ext_lsn[k]]
+        rec_first, terms = self.mixed[self.ext[4 * k + 1]]
         return terms[i - rec_first]
 
     def min_lsn(self) -> int:
         """LSN of the oldest record this group still needs (-1: none)."""
         m = -1
-        for v in (self.hs_lsn, self.cs_lsn, self.base_lsn, self.ext_lsn[0] if self.ext_lsn else -1):
+        for v in (self.hs_lsn, self.cs_lsn, self.base_lsn, self.ext[1] if self.ext else -1):
             if v >= 0 and (m < 0 or v < m):
                 m = v
         return m
 
     def live_bytes(self) -> int:
-        return sum(self.ext_len) + 256
+        return sum(self.ext[2::4]) + 256
 
     # -- the record semantics (shared by recovery and the write path) --------
 
-    def add_extent(self, first, n, lsn, ln, term, mixed_terms, entries, cache_cap) -> None:
-        ef = self.ext_first
-        if ef and ef[-1] + self.ext_count[-1] > first:
+    def add_extent(self, first, n, lsn, ln, term, mixed_terms, entries) -> None:
+        """Entries first..first+n-1 in the ENTRIES record at lsn (term: their
+        single term, or -1 and mixed_terms). Replaces entries >= first.
+        entries: the Entry objects (for the cache), or None."""
+        if self.last_index >= first:
             self.truncate(first)  # an append replaces everything from its first index on
-        ef.append(first)
-        self.ext_count.append(n)
-        self.ext_lsn.append(lsn)
-        self.ext_len.append(ln)
-        self.ext_term.append(term)
+        self.ext_first.append(first)
+        self.ext.fromlist([n, lsn, ln, term])
         if term < 0:
             self.mixed[lsn] = (first, mixed_terms)
-        c = self.cache
-        if entries is not None and cache_cap:
-            if c and self.cache_first + len(c) == first:
-                c.extend(entries)
-            else:
-                c[:] = entries
-                self.cache_first = first
-            excess = len(c) - cache_cap
-            if excess > 0:
-                del c[:excess]
-                self.cache_first += excess
-        elif c:
-            c.clear()
+            self.last_term = mixed_terms[-1]
+        else:
+            self.last_term = term
+        if entries is not None and self.last_index == first - 1:
+            self.cache.extend(entries)
+        else:
+            self.cache.clear()
+        self.last_index = first + n - 1
 
-    def _drop_extents(self, sl: slice) -> None:
+    def _drop_extents(self, a: int, b: int | None) -> None:
+        """Forget extents a..b-1 (b None: to the end)."""
+        ext = self.ext
         if self.mixed:
-            for lsn in self.ext_lsn[sl]:
+            for lsn in ext[4 * a + 1 : None if b is None else 4 * b : 4]:
                 self.mixed.pop(lsn, None)
-        del self.ext_first[sl]
-        del self.ext_count[sl]
-        del self.ext_lsn[sl]
-        del self.ext_len[sl]
-        del self.ext_term[sl]
+        del self.ext_first[a:b]
+        del ext[4 * a : None if b is None else 4 * b]
 
     def truncate(self, i: int) -> None:
         """Remove entries >= i."""
+        if i > self.last_index:
+            return
         ef = self.ext_first
+        ext = self.ext
         k = bisect.bisect_left(ef, i)
         if k < len(ef):
-            self._drop_extents(slice(k, None))
-        if k > 0 and ef[k - 1] + self.ext_count[k - 1] > i:
-            self.ext_count[k - 1] = i - ef[k - 1]
+            self._drop_extents(k, None)
+        if k > 0 and ef[k - 1] + ext[4 * k - 4] > i:
+            ext[4 * k - 4] = i - ef[k - 1]
         c = self.cache
         if c:
-            keep = i - self.cache_first
-            if keep <= 0:
+            drop = self.last_index - i + 1
+            if drop >= len(c):
                 c.clear()
-            elif keep < len(c):
-                del c[keep:]
+            else:
+                for _ in range(drop):
+                    c.pop()
+        if ef:
+            self.last_index = last = ef[-1] + ext[-4] - 1
+            self.last_term = c[-1].term if c else self._disk_term(last)
+        else:
+            self.last_index, self.last_term = self.base_index, self.base_term
+            c.clear()
 
     def compact(self, i: int, t: int, lsn: int) -> None:
         """Remove entries <= i; the base becomes (i, t)."""
         ef = self.ext_first
+        ext = self.ext
         k = bisect.bisect_right(ef, i)
         if k:
             j = k - 1
-            if ef[j] + self.ext_count[j] - 1 > i:
-                self.ext_count[j] -= i + 1 - ef[j]
+            if ef[j] + ext[4 * j] - 1 > i:
+                ext[4 * j] -= i + 1 - ef[j]
                 ef[j] = i + 1
                 drop = j
             else:
                 drop = k
             if drop:
-                self._drop_extents(slice(0, drop))
+                self._drop_extents(0, drop)
         self.base_index, self.base_term, self.base_lsn = i, t, lsn
         c = self.cache
-        if c:
-            cut = i + 1 - self.cache_first
+        if not ef:
+            self.last_index, self.last_term = i, t
+            c.clear()
+        elif c:
+            cut = i + 1 - (self.last_index - len(c) + 1)
             if cut >= len(c):
                 c.clear()
-            elif cut > 0:
-                del c[:cut]
-                self.cache_first = i + 1
+            else:
+                for _ in range(cut):
+                    c.popleft()
 
     def reset(self, i: int, t: int, lsn: int) -> None:
         """Remove every entry; the base becomes (i, t)."""
-        self._drop_extents(slice(None))
+        self._drop_extents(0, None)
         self.mixed.clear()
         self.cache.clear()
         self.base_index, self.base_term, self.base_lsn = i, t, lsn
+        self.last_index, self.last_term = i, t
 
     def holes(self) -> str | None:
         """None if the extents cover base+1..last contiguously, else a description."""
-        ef, ec = self.ext_first, self.ext_count
+        ef, ext = self.ext_first, self.ext
         if not ef:
             return None
         if ef[0] != self.base_index + 1:
             return f"entries {self.base_index + 1}..{ef[0] - 1} missing (base {self.base_index})"
         for k in range(1, len(ef)):
-            if ef[k] != ef[k - 1] + ec[k - 1]:
-                return f"entries {ef[k - 1] + ec[k - 1]}..{ef[k] - 1} missing"
+            if ef[k] != ef[k - 1] + ext[4 * k - 4]:
+                return f"entries {ef[k - 1] + ext[4 * k - 4]}..{ef[k] - 1} missing"
         return None
 
     def check_invariants(self) -> None:
         assert self.holes() is None, (self.group, self.holes())
         n = len(self.ext_first)
-        assert len(self.ext_count) == len(self.ext_lsn) == len(self.ext_len) == len(self.ext_term) == n
-        assert all(c > 0 for c in self.ext_count)
-        assert list(self.ext_lsn) == sorted(self.ext_lsn)
-        assert {lsn for lsn, t in zip(self.ext_lsn, self.ext_term) if t < 0} == set(self.mixed)
-        if self.cache:
-            assert self.cache_first > self.base_index
-            assert self.cache_first + len(self.cache) - 1 == self.last_index
-            assert [e.index for e in self.cache] == list(range(self.cache_first, self.last_index + 1))
+        ext = self.ext
+        assert len(ext) == 4 * n
+        assert all(c > 0 for c in ext[0::4])
+        assert list(ext[1::4]) == sorted(ext[1::4])
+        assert {lsn for lsn, t in zip(ext[1::4], ext[3::4]) if t < 0} == set(self.mixed)
+        if n:
+            assert self.last_index == self.ext_first[-1] + ext[-4] - 1, self.group
+            assert self.last_term == self._disk_term(self.last_index), self.group
+        else:
+            assert (self.last_index, self.last_term) == (self.base_index, self.base_term), self.group
+        c = self.cache
+        if c:
+            first = self.last_index - len(c) + 1
+            assert first > self.base_index
+            assert [e.index for e in c] == list(range(first, self.last_index + 1))
+            assert all(e.term == self._disk_term(e.index) for e in c)
 
 
 class _Request:
@@ -348,7 +464,9 @@ class SegmentedLog:
         self._reclaim_hint = False
         self._lock_fd: int | None = None
         self._cache_cap = self.options.cache_entries_size
-        self._st = collections.Counter()
+        self._st = dict.fromkeys(_STAT_KEYS, 0)
+        self._path_str = str(self.path)
+        self._vectored = False
         self.recovery: dict = {}
         if not read_only:
             os.makedirs(self.path, exist_ok=True)
@@ -438,8 +556,8 @@ class SegmentedLog:
         if self._segments:
             last = self._segments[-1]
             self._durable = last.base + last.size
-        for g in self._groups:
-            self._update_pin(g)
+        for g, st in self._groups.items():
+            self._update_pin(g, st)
         dt = time.perf_counter() - t0
         self.recovery = {
             "seconds": dt,
@@ -452,8 +570,11 @@ class SegmentedLog:
     def _scan(self, path, base: int, data: bytes, is_last: bool) -> int:
         """Replay one segment's records; return the end of its valid data."""
         groups = self._groups
+        cap = self._cache_cap
         get = groups.get
         unpack = HEADER.unpack_from
+        unpack_he = _HEADER_ENTRIES.unpack_from
+        he_size = _HEADER_ENTRIES.size
         eunpack = ENTRIES_HEAD.unpack_from
         qunpack = _U64.unpack_from
         crc32 = zlib.crc32
@@ -463,10 +584,16 @@ class SegmentedLog:
         nrec = 0
         bad = None
         while pos < end:
-            if pos + HEADER_SIZE > end:
+            if pos + he_size <= end:
+                # the header and, if this is an ENTRIES record, its first index,
+                # count and first term (else bytes of what follows: unused)
+                magic, crc, blen, rtype, _flags, _r, group, _durable, first, n, t0 = unpack_he(data, pos)
+            elif pos + HEADER_SIZE <= end:
+                magic, crc, blen, rtype, _flags, _r, group, _durable = unpack(data, pos)
+                first = n = t0 = None
+            else:
                 bad = "truncated record header"
                 break
-            magic, crc, blen, rtype, _flags, _r, group, _durable = unpack(data, pos)
             rend = pos + HEADER_SIZE + blen
             if magic != RECORD_MAGIC:
                 bad = "bad record magic"
@@ -479,29 +606,28 @@ class SegmentedLog:
                 break
             st = get(group)
             if st is None:
-                st = groups[group] = _Group(group)
+                st = groups[group] = _Group(group, cap)
             lsn = base + pos
             b = pos + HEADER_SIZE
             try:
                 if rtype == 1:  # ENTRIES
-                    first, n = eunpack(data, b)
+                    if first is None:
+                        first, n = eunpack(data, b)
                     if n == 0 or ENTRIES_HEAD_SIZE + ENTRY_TABLE_BYTES * n > blen:
                         raise ValueError(f"entries table of {n} entries does not fit")
                     tp = b + ENTRIES_HEAD_SIZE
-                    t0 = qunpack(data, tp)[0]
+                    if t0 is None:
+                        t0 = qunpack(data, tp)[0]
                     ef = st.ext_first
-                    if (ef and ef[-1] + st.ext_count[-1] > first) or (n > 1 and qunpack(data, tp + 8 * n - 8)[0] != t0):
-                        # the general path: a replacing append, or mixed terms
-                        if n > 1 and qunpack(data, tp + 8 * n - 8)[0] != t0:
-                            st.add_extent(first, n, lsn, rend - pos, -1, struct.unpack_from(f"<{n}Q", data, tp), None, 0)
-                        else:
-                            st.add_extent(first, n, lsn, rend - pos, t0, None, None, 0)
+                    if n > 1 and qunpack(data, tp + 8 * n - 8)[0] != t0:  # mixed terms
+                        st.add_extent(first, n, lsn, rend - pos, -1, _u64s(n).unpack_from(data, tp), None)
+                    elif ef and st.last_index >= first:  # a replacing append
+                        st.add_extent(first, n, lsn, rend - pos, t0, None, None)
                     else:  # the common case, inlined: an append with one term
                         ef.append(first)
-                        st.ext_count.append(n)
-                        st.ext_lsn.append(lsn)
-                        st.ext_len.append(rend - pos)
-                        st.ext_term.append(t0)
+                        st.ext.fromlist([n, lsn, rend - pos, t0])
+                        st.last_index = first + n - 1
+                        st.last_term = t0
                 elif rtype == 2:
                     st.hs = decode_hard_state(mv[b:rend])
                     st.hs_lsn = lsn
@@ -602,32 +728,45 @@ class SegmentedLog:
             return out
 
     def _commit_requests(self, reqs: list[_Request]) -> None:
-        groups = self._groups
-        planned = []
         default_sync = self.options.sync_on_write
         sync = False
+        out: list = []  # the pieces of the one physical write, back to back
+        fast: list = []  # index updates of the common case (see _encode_batch)
+        slow: list = []  # index updates record by record: (group, kind, rel, ln, payload)
+        pos = 0
+        durable = self._durable
+        ok = []
+        self._vectored = False  # set when a record's entries are pieces of their own
         for r in reqs:
-            # Requests taken together touch disjoint groups, so each plans
-            # against the committed state independently.
+            # Requests taken together touch disjoint groups, so each is checked
+            # against the committed state independently; a bad one is cut out.
+            marks = (len(out), len(fast), len(slow), pos)
             try:
-                batch = r.batch
-                if len(batch) > 1 and len({gw.group for gw in batch}) != len(batch):
-                    raise InvalidWriteError("a batch may hold at most one GroupWrite per group")
-                rplan = [(gw.group, plan_group_write(gw, groups.get(gw.group, EMPTY_GROUP))) for gw in batch]
+                pos = self._encode_batch(r.batch, durable, out, fast, slow, pos)
             except InvalidWriteError as exc:
-                r.error = exc
-                r.done = True
-                continue
+                err = exc
             except (TypeError, AttributeError) as exc:
-                r.error = InvalidWriteError(f"bad batch: {exc!r}")
-                r.done = True
+                err = InvalidWriteError(f"bad batch: {exc!r}")
+            except (struct.error, ValueError, OverflowError) as exc:
+                err = InvalidWriteError(f"cannot encode the batch: {exc!r}")
+            except BaseException as exc:
+                # Our own bug (nothing written or applied yet): fail these requests.
+                for q in reqs:
+                    if not q.done:
+                        q.error = StorageIOError(f"internal error: {exc!r}")
+                        q.done = True
+                raise
+            else:
+                ok.append(r)
+                if r.sync if r.sync is not None else default_sync:
+                    sync = True
                 continue
-            planned.extend(rplan)
-            if r.sync if r.sync is not None else default_sync:
-                sync = True
-        ok = [r for r in reqs if r.error is None]
+            del out[marks[0] :], fast[marks[1] :], slow[marks[2] :]
+            pos = marks[3]
+            r.error = err
+            r.done = True
         try:
-            self._write_ops(planned, sync)
+            self._write_encoded(out, pos, fast, slow, sync)
         except StorageError as exc:
             for r in ok:
                 r.error = exc
@@ -653,76 +792,284 @@ class SegmentedLog:
                 # _failed, so the next call reports it.
                 logger.warning("log %s: reclaiming segments failed: %s", self.path, exc)
 
+    def _encode_batch(self, batch, durable: int, out: list, fast: list, slow: list, pos: int) -> int:
+        """Validate and encode one write() call's batch; return the new pos.
+
+        Appends the records' bytes to `out` (pos: their total length so far)
+        and what applying them to the index takes to `fast` and `slow`;
+        changes nothing else. The common case, a GroupWrite with only entries
+        (one record's worth, appended or replacing a suffix) and/or a hard
+        state, is checked by batch.check_entries / check_entry /
+        check_hard_state (the rules of plan_group_write) and encoded inline.
+        The plainest cases (one entry appended right after the last; a hard
+        state of ints and a short vote) are accepted by inline tests first,
+        each a narrower form of those functions' own; anything they do not
+        accept goes to the functions. Any other GroupWrite goes through
+        plan_group_write and _encode_ops.
+        """
+        groups = self._groups
+        if len(batch) > 1 and len({gw.group for gw in batch}) != len(batch):
+            raise InvalidWriteError("a batch may hold at most one GroupWrite per group")
+        crc32 = zlib.crc32
+        head_pack = HEAD.pack
+        e1_pack = _REST_ENTRY1.pack
+        hs_pack = _REST_HS.pack
+        app = out.append
+        fapp = fast.append
+        for gw in batch:
+            g = gw.group
+            if type(g) is not int or not 0 <= g < U64:
+                raise InvalidWriteError(f"group must be an int in [0, 2**63), got {g!r}")
+            if gw.remove or gw.compact_to is not None or gw.truncate_from is not None or gw.conf_state is not None:
+                pos = self._encode_ops(g, plan_group_write(gw, groups.get(g, EMPTY_GROUP)), durable, out, slow, pos)
+                continue
+            st = groups.get(g)
+            ents = gw.entries
+            hs = gw.hard_state
+            e_rel = -1
+            first = n = e_ln = tcode = 0
+            mterms = None
+            if ents:
+                if len(ents) == 1:
+                    e = ents[0]
+                    if type(e) is Entry and st is not None:
+                        tcode, first, ty, d = e
+                        if not (
+                            first == st.last_index + 1
+                            and type(first) is int
+                            and type(tcode) is int
+                            and st.last_term <= tcode < U64
+                            and first < U64
+                            and type(ty) is int
+                            and 0 <= ty < 256
+                            and type(d) is bytes
+                        ):
+                            tcode, first, ty, d = check_entry(
+                                g, e, st.base_index, st.base_term, st.last_index, st.last_term, st
+                            )
+                    elif st is None:
+                        tcode, first, ty, d = check_entry(g, e, 0, 0, 0, 0, EMPTY_GROUP)
+                    else:
+                        tcode, first, ty, d = check_entry(
+                            g, e, st.base_index, st.base_term, st.last_index, st.last_term, st
+                        )
+                    n = 1
+                    dl = len(d)
+                    blen = ENTRIES_HEAD_SIZE + ENTRY_TABLE_BYTES + dl
+                    head = e1_pack(blen, _T_ENTRIES, 0, 0, g, durable, first, 1, tcode, dl, ty)
+                else:
+                    if st is None:
+                        first, n, terms, types, datas = check_entries(g, ents, 0, 0, 0, 0, EMPTY_GROUP)
+                    else:
+                        first, n, terms, types, datas = check_entries(
+                            g, ents, st.base_index, st.base_term, st.last_index, st.last_term, st
+                        )
+                    tcode = terms[0]
+                    if len(datas[0]) < LARGE_ENTRY:
+                        d = b"".join(datas)
+                        dl = len(d)
+                        lcol = _u32s(n).pack(*map(len, datas))
+                    else:  # probably large entries: see below
+                        d = None
+                        lens = list(map(len, datas))
+                        dl = sum(lens)
+                        lcol = _u32s(n).pack(*lens)
+                    if dl + ENTRY_TABLE_BYTES * n > MAX_ENTRIES_BODY:
+                        # more than one record's worth: the general path splits it
+                        ops = [(OP_ENTRIES, first, ents, terms, types, datas)]
+                        if hs is not None:
+                            check_hard_state(g, hs)
+                            ops.append((OP_HARD_STATE, hs))
+                        pos = self._encode_ops(g, ops, durable, out, slow, pos)
+                        continue
+                    if terms[-1] == tcode:  # checked non-decreasing: all equal
+                        tcol = _U64.pack(tcode) * n
+                    else:
+                        tcol = _u64s(n).pack(*terms)
+                        mterms = terms
+                        tcode = -1
+                    blen = ENTRIES_HEAD_SIZE + ENTRY_TABLE_BYTES * n + dl
+                    head = (
+                        _REST_ENTRIES.pack(blen, _T_ENTRIES, 0, 0, g, durable, first, n)
+                        + tcol
+                        + lcol
+                        + (bytes(n) if types.count(0) == n else bytes(types))
+                    )
+                e_rel = pos
+                e_ln = 8 + len(head) + dl
+                pos += e_ln
+                if d is None and e_rel >= ITEMIZE_AFTER and dl > SMALL_DATA * 4 and dl >= LARGE_ENTRY * n:
+                    # Large entries, in a large write: each is a piece of its
+                    # own (os.writev), not copied into a joined buffer (many
+                    # large temporaries alive at once tend to land on fresh
+                    # pages of memory, and page faults cost more than the copy).
+                    c = crc32(head)
+                    for x in datas:
+                        c = crc32(x, c)
+                    app(head_pack(RECORD_MAGIC, c))
+                    app(head)
+                    out += datas
+                    self._vectored = True
+                else:
+                    if d is None:
+                        d = b"".join(datas)
+                    if dl <= SMALL_DATA:
+                        head += d
+                        app(head_pack(RECORD_MAGIC, crc32(head)))
+                        app(head)
+                    else:  # no copy of the data
+                        app(head_pack(RECORD_MAGIC, crc32(d, crc32(head))))
+                        app(head)
+                        app(d)
+            if hs is not None:
+                if type(hs) is HardState:
+                    term, vote, commit = hs
+                    if not (
+                        type(term) is int
+                        and type(commit) is int
+                        and 0 <= term < U64
+                        and 0 <= commit < U64
+                        and (vote is None or type(vote) is str and vote.isascii() and len(vote) < 0xFFFF)
+                    ):
+                        check_hard_state(g, hs)
+                else:
+                    check_hard_state(g, hs)
+                    term, vote, commit = hs
+                if vote is None:
+                    rest = hs_pack(HARD_STATE_BODY.size, _T_HARD_STATE, 0, 0, g, durable, term, commit, NO_VOTE)
+                else:
+                    vb = vote.encode()
+                    blen = HARD_STATE_BODY.size + len(vb)
+                    rest = hs_pack(blen, _T_HARD_STATE, 0, 0, g, durable, term, commit, len(vb)) + vb
+                app(head_pack(RECORD_MAGIC, crc32(rest)))
+                app(rest)
+                fapp((st, g, e_rel, e_ln, first, n, tcode, mterms, ents, pos, hs))
+                pos += 8 + len(rest)
+            elif e_rel >= 0:
+                fapp((st, g, e_rel, e_ln, first, n, tcode, mterms, ents, -1, None))
+        return pos
+
+    def _encode_ops(self, group: int, ops: list[tuple], durable: int, out: list, slow: list, pos: int) -> int:
+        """Encode one group's planned operations (the general path)."""
+        for op in ops:
+            kind = op[0]
+            if kind == OP_ENTRIES:
+                _, first, ents, terms, types, datas = op
+                n = len(datas)
+                lens = list(map(len, datas)) if n > 1 else None
+                if n == 1 or sum(lens) + ENTRY_TABLE_BYTES * n <= MAX_ENTRIES_BODY:
+                    rec = bytearray()
+                    ln = put_entries(rec, group, durable, first, terms, types, datas, lens)
+                    out.append(rec)
+                    slow.append((group, kind, pos, ln, (first, n, terms, ents)))
+                    pos += ln
+                    continue
+                for a, b in _chunks(lens):
+                    rec = bytearray()
+                    ln = put_entries(rec, group, durable, first + a, terms[a:b], types[a:b], datas[a:b], lens[a:b])
+                    out.append(rec)
+                    slow.append((group, kind, pos, ln, (first + a, b - a, terms[a:b], ents[a:b])))
+                    pos += ln
+                continue
+            buf = bytearray()
+            if kind == OP_HARD_STATE:
+                put_record(buf, RecordType.HARD_STATE, group, durable, hard_state_body(op[1]))
+                payload = op[1]
+            elif kind == OP_CONF_STATE:
+                put_record(buf, RecordType.CONF_STATE, group, durable, conf_state_body(op[1]))
+                payload = op[1]
+            elif kind == OP_TRUNCATE:
+                put_record(buf, RecordType.TRUNCATE, group, durable, INDEX_BODY.pack(op[1]))
+                payload = op[1]
+            elif kind == OP_COMPACT or kind == OP_RESET:
+                put_record(buf, kind, group, durable, INDEX_TERM_BODY.pack(op[1], op[2]))
+                payload = (op[1], op[2])
+                self._reclaim_hint = True
+            elif kind == OP_DROP:
+                put_record(buf, RecordType.DROP, group, durable, b"")
+                payload = None
+                self._reclaim_hint = True
+            else:  # pragma: no cover
+                raise AssertionError(op)
+            out.append(buf)
+            ln = len(buf)
+            slow.append((group, kind, pos, ln, payload))
+            pos += ln
+        return pos
+
     def _write_ops(self, gops: list[tuple[int, list[tuple]]], sync: bool) -> None:
-        """Encode, write (one os.write), fsync if sync, then apply to the index."""
+        """Encode and write (one physical write, fsync if sync) planned operations, then apply them."""
+        out: list = []
+        slow: list = []
+        pos = 0
+        self._vectored = False
         try:
-            buf, recs = self._encode(gops)
+            for group, ops in gops:
+                pos = self._encode_ops(group, ops, self._durable, out, slow, pos)
         except (struct.error, TypeError, ValueError, OverflowError) as exc:
             raise InvalidWriteError(f"cannot encode the batch: {exc!r}") from None
-        self._write_encoded(buf, recs, sync)
+        self._write_encoded(out, pos, [], slow, sync)
 
-    def _encode(self, gops):
-        buf = bytearray()
-        durable = self._durable
-        recs = []
-        for group, ops in gops:
-            for op in ops:
-                kind = op[0]
-                if kind == OP_ENTRIES:
-                    _, first, ents, terms, types, datas = op
-                    n = len(datas)
-                    lens = list(map(len, datas)) if n > 1 else None
-                    if n == 1 or sum(lens) + ENTRY_TABLE_BYTES * n <= MAX_ENTRIES_BODY:
-                        rel = len(buf)
-                        ln = put_entries(buf, group, durable, first, terms, types, datas, lens)
-                        recs.append((group, kind, rel, ln, (first, n, terms, ents)))
-                        continue
-                    for a, b in _chunks(lens):
-                        rel = len(buf)
-                        ln = put_entries(buf, group, durable, first + a, terms[a:b], types[a:b], datas[a:b], lens[a:b])
-                        recs.append((group, kind, rel, ln, (first + a, b - a, terms[a:b], ents[a:b])))
-                elif kind == OP_HARD_STATE:
-                    rel = len(buf)
-                    ln = put_record(buf, RecordType.HARD_STATE, group, durable, hard_state_body(op[1]))
-                    recs.append((group, kind, rel, ln, op[1]))
-                elif kind == OP_CONF_STATE:
-                    rel = len(buf)
-                    ln = put_record(buf, RecordType.CONF_STATE, group, durable, conf_state_body(op[1]))
-                    recs.append((group, kind, rel, ln, op[1]))
-                elif kind == OP_TRUNCATE:
-                    rel = len(buf)
-                    ln = put_record(buf, RecordType.TRUNCATE, group, durable, INDEX_BODY.pack(op[1]))
-                    recs.append((group, kind, rel, ln, op[1]))
-                elif kind == OP_COMPACT or kind == OP_RESET:
-                    rel = len(buf)
-                    ln = put_record(buf, kind, group, durable, INDEX_TERM_BODY.pack(op[1], op[2]))
-                    recs.append((group, kind, rel, ln, (op[1], op[2])))
-                    self._reclaim_hint = True
-                elif kind == OP_DROP:
-                    rel = len(buf)
-                    ln = put_record(buf, RecordType.DROP, group, durable, b"")
-                    recs.append((group, kind, rel, ln, None))
-                    self._reclaim_hint = True
-                else:  # pragma: no cover
-                    raise AssertionError(op)
-        return buf, recs
-
-    def _write_encoded(self, buf: bytearray, recs: list, sync: bool) -> None:
-        if not buf:
+    def _write_encoded(self, out: list, nbytes: int, fast: list, slow: list, sync: bool) -> None:
+        if not nbytes:
             if sync and self._dirty:
                 self._fsync()
             return
-        nbytes = len(buf)
         seg = self._segments[-1]
         if seg.size > SEGMENT_HEADER_SIZE and seg.size + nbytes > self.options.max_segment_size:
             self._rotate()
             seg = self._segments[-1]
         self._check_space(nbytes)
         start = seg.base + seg.size
-        self._write_all(seg, buf)
+        self._write_all(seg, out, nbytes)
         if sync:
             self._fsync()
         # Apply to the index: the same semantics as recovery.
+        n_records = len(slow)
+        n_entries = 0
+        if slow:
+            n_entries = self._apply_slow(slow, start)
+        groups = self._groups
+        cap = self._cache_cap
+        update = self._update_pin
+        head = seg.base
+        for st, g, e_rel, e_ln, first, n, tcode, mterms, ents, h_rel, hs in fast:
+            if st is None:
+                st = groups[g] = _Group(g, cap)
+            # Only adding and replacing records here, so a group pinning the
+            # segment just written to keeps pinning it. Otherwise the pin may
+            # move when the record replaced was the group's oldest.
+            repin = False
+            if e_rel >= 0:
+                lsn = start + e_rel
+                ef = st.ext_first
+                if (not ef or first <= ef[0]) and st.pin != head:
+                    repin = True  # the group's oldest entries record changes
+                if tcode < 0 or st.last_index >= first:
+                    st.add_extent(first, n, lsn, e_ln, tcode, mterms, ents)
+                else:  # add_extent, inlined for a plain append with one term
+                    ef.append(first)
+                    st.ext.fromlist([n, lsn, e_ln, tcode])
+                    st.last_index = first + n - 1
+                    st.last_term = tcode
+                    st.cache.extend(ents)
+                n_records += 1
+                n_entries += n
+            if h_rel >= 0:
+                if st.hs_lsn < st.pin_end and st.pin != head:
+                    repin = True  # the replaced record may have been the one pinning
+                st.hs = hs
+                st.hs_lsn = start + h_rel
+                n_records += 1
+            if repin:
+                update(g, st)
+        s = self._st
+        s["records_written"] += n_records
+        s["entries_written"] += n_entries
+        s["bytes_written"] += nbytes
+        s["physical_writes"] += 1
+
+    def _apply_slow(self, recs: list, start: int) -> int:
         groups = self._groups
         cap = self._cache_cap
         touched = set()
@@ -737,7 +1084,7 @@ class SegmentedLog:
                 continue
             st = groups.get(group)
             if st is None:
-                st = groups[group] = _Group(group)
+                st = groups[group] = _Group(group, cap)
             if kind == OP_ENTRIES:
                 first, n, terms, ents = payload
                 t0 = terms[0]
@@ -745,9 +1092,9 @@ class SegmentedLog:
                 if ef and first > ef[0] and group not in touched:
                     append_only.add(group)  # the group's oldest record stays: its pin cannot move
                 if terms[-1] == t0:
-                    st.add_extent(first, n, lsn, ln, t0, None, ents, cap)
+                    st.add_extent(first, n, lsn, ln, t0, None, ents)
                 else:
-                    st.add_extent(first, n, lsn, ln, -1, tuple(terms), ents, cap)
+                    st.add_extent(first, n, lsn, ln, -1, tuple(terms), ents)
                 n_entries += n
                 touched.add(group)
                 continue
@@ -768,33 +1115,35 @@ class SegmentedLog:
         update = self._update_pin
         for g in touched:
             if g not in append_only:
-                update(g)
-        s = self._st
-        s["records_written"] += len(recs)
-        s["entries_written"] += n_entries
-        s["bytes_written"] += nbytes
-        s["physical_writes"] += 1
+                update(g, groups.get(g))
+        return n_entries
 
-    def _write_all(self, seg: _Segment, buf: bytearray) -> None:
-        mv = memoryview(buf)
-        off = 0
+    def _write_all(self, seg: _Segment, out: list, nbytes: int) -> None:
+        """Write the pieces at the end of seg: one os.write (small batches) or
+        os.writev calls (large ones: no copy into one buffer)."""
+        fd = seg.fd
         try:
-            while off < len(buf):
-                off += os.write(seg.fd, mv[off:])
+            if len(out) == 1 or nbytes < WRITEV_MIN or (nbytes < WRITEV_PIECE * len(out) and not self._vectored):
+                buf = out[0] if len(out) == 1 else b"".join(out)
+                _write_fully(fd, buf, os.write(fd, buf))
+            else:
+                for k in range(0, len(out), IOV_MAX):
+                    chunk = out[k : k + IOV_MAX]
+                    done = os.writev(fd, chunk)
+                    if done != sum(map(len, chunk)):
+                        _write_fully(fd, b"".join(chunk), done)
         except OSError as exc:
             # Cut the partial write so the file still ends at a record boundary.
             try:
-                os.ftruncate(seg.fd, seg.size)
-                os.lseek(seg.fd, seg.size, os.SEEK_SET)
+                os.ftruncate(fd, seg.size)
+                os.lseek(fd, seg.size, os.SEEK_SET)
             except OSError as exc2:
                 self._failed = exc2
                 raise StorageIOError(f"write to {seg.path} failed ({exc}) and could not be undone ({exc2})") from exc
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(len(buf), 0, self.options.min_free_disk_space) from exc
+                raise DiskFullError(nbytes, 0, self.options.min_free_disk_space) from exc
             raise StorageIOError(f"write to {seg.path} failed: {exc}") from exc
-        finally:
-            mv.release()
-        seg.size += len(buf)
+        seg.size += nbytes
         self._dirty = True
 
     def _fsync(self) -> None:
@@ -814,7 +1163,7 @@ class SegmentedLog:
         need = self.options.min_free_disk_space
         if need <= 0:
             return
-        avail = disk_free_bytes(self.path)
+        avail = disk_free_bytes(self._path_str)
         if avail - nbytes < need:
             self._st["disk_full_errors"] += 1
             raise DiskFullError(nbytes, avail, need)
@@ -830,13 +1179,19 @@ class SegmentedLog:
 
     # -- reclaiming segments ---------------------------------------------------
 
-    def _update_pin(self, g: int) -> None:
-        st = self._groups.get(g)
+    def _update_pin(self, g: int, st: _Group | None) -> None:
+        """Recompute which segment group g (state st, None if dropped) pins."""
         new = -1
         if st is not None:
+            st.pin_end = NO_PIN_END
             lsn = st.min_lsn()
             if lsn >= 0:
-                new = self._bases[bisect.bisect_right(self._bases, lsn) - 1]
+                bases = self._bases
+                k = bisect.bisect_right(bases, lsn) - 1
+                new = bases[k]
+                if k + 1 < len(bases):
+                    st.pin_end = bases[k + 1]
+            st.pin = new
         old = self._pin_of.get(g, -1)
         if new != old:
             if old >= 0:
@@ -929,19 +1284,21 @@ class SegmentedLog:
     def _read(self, st: _Group, low: int, high: int, max_bytes: int | None) -> list[Entry]:
         out: list[Entry] = []
         c = st.cache
-        disk_hi = min(high, st.cache_first) if c else high
+        cache_first = st.last_index - len(c) + 1
+        disk_hi = min(high, cache_first) if c else high
         i = low
         size = 0
         if i < disk_hi:
-            ef, ec = st.ext_first, st.ext_count
+            ef, ext = st.ext_first, st.ext
             k = bisect.bisect_right(ef, i) - 1
             while i < disk_hi:
-                stop = min(disk_hi, ef[k] + ec[k])
-                body = self._read_body(st.ext_lsn[k], st.ext_len[k])
+                stop = min(disk_hi, ef[k] + ext[4 * k])
+                lsn = ext[4 * k + 1]
+                body = self._read_body(lsn, ext[4 * k + 2])
                 try:
                     _, ents = decode_entries(body, i, stop)
                 except (ValueError, struct.error) as exc:
-                    seg, off = self._where(st.ext_lsn[k])
+                    seg, off = self._where(lsn)
                     raise CorruptLogError(seg.path, off, f"bad entries record: {exc}") from None
                 self._st["entries_read_from_disk"] += len(ents)
                 if max_bytes is None:
@@ -955,7 +1312,7 @@ class SegmentedLog:
                 i = stop
                 k += 1
         if i < high:
-            part = c[i - st.cache_first : high - st.cache_first]
+            part = list(itertools.islice(c, i - cache_first, high - cache_first))
             self._st["entries_read_from_cache"] += len(part)
             if max_bytes is None:
                 out.extend(part)
@@ -1053,25 +1410,7 @@ class SegmentedLog:
                 "recovery_bytes": self.recovery.get("bytes", 0),
                 "torn_tail": self.recovery.get("torn_tail"),
             }
-            for key in (
-                "writes",
-                "combined_writes",
-                "physical_writes",
-                "syncs",
-                "records_written",
-                "entries_written",
-                "bytes_written",
-                "rotations",
-                "segments_deleted",
-                "groups_rewritten",
-                "bytes_rewritten",
-                "rewrites_skipped",
-                "entries_read_from_cache",
-                "entries_read_from_disk",
-                "records_recovered",
-                "disk_full_errors",
-            ):
-                out[key] = self._st[key]
+            out.update(self._st)
             return out
 
     @property
@@ -1087,10 +1426,13 @@ class SegmentedLog:
                 st.check_invariants()
                 lsn = st.min_lsn()
                 if lsn >= 0:
-                    seg = self._bases[bisect.bisect_right(self._bases, lsn) - 1]
-                    assert self._pin_of[g] == seg and g in self._pinners[seg], g
+                    k = bisect.bisect_right(self._bases, lsn) - 1
+                    seg = self._bases[k]
+                    assert self._pin_of[g] == seg and g in self._pinners[seg] and st.pin == seg, g
+                    assert k + 1 == len(self._bases) or st.pin_end >= self._bases[k + 1], g
                 else:
-                    assert g not in self._pin_of
+                    assert g not in self._pin_of and st.pin == -1, g
+            assert set(self._pin_of) <= set(self._groups)
             assert self._bases == [s.base for s in self._segments]
             for a, b in zip(self._segments, self._segments[1:]):
                 assert a.base + a.size == b.base
