@@ -41,6 +41,7 @@ from .batch import (
     GroupWrite,
     plan_group_write,
 )
+from .group_reads import GroupReads
 from .errors import (
     InvalidWriteError,
     LogCompactedError,
@@ -157,7 +158,7 @@ class _MemSnapshotReader(io.BytesIO):
         self.size = len(snap.data)
 
 
-class MemoryStorage:
+class MemoryStorage(GroupReads):
     """An in-memory log + snapshot store with seeded fault injection."""
 
     def __init__(
@@ -249,13 +250,13 @@ class MemoryStorage:
         if self._closed:
             raise StorageClosedError("the memory store is closed")
 
-    def _g(self, group: int):
-        return self._live.get(group, EMPTY_GROUP)
+    def _group_states(self) -> dict:
+        return self._live
 
     def entries(self, group: int, low: int, high: int, max_bytes: int | None = None) -> list[Entry]:
         with self._lock:
             self._check_open()
-            st = self._g(group)
+            st = self._group(group)
             if low <= st.base_index:
                 raise LogCompactedError(group, low, st.base_index + 1)
             if high > st.last_index + 1:
@@ -270,57 +271,6 @@ class MemoryStorage:
                     if size > max_bytes and k:
                         return out[:k]
             return out
-
-    def term(self, group: int, index: int) -> int:
-        with self._lock:
-            self._check_open()
-            st = self._live.get(group)
-            if st is None:
-                if index == 0:
-                    return 0
-                if index < 0:
-                    raise LogCompactedError(group, index, 1)
-                raise LogUnavailableError(group, index, 0)
-            return st.term(index)
-
-    def first_index(self, group: int) -> int:
-        with self._lock:
-            self._check_open()
-            return self._g(group).base_index + 1
-
-    def last_index(self, group: int) -> int:
-        with self._lock:
-            self._check_open()
-            return self._g(group).last_index
-
-    def last_term(self, group: int) -> int:
-        with self._lock:
-            self._check_open()
-            st = self._g(group)
-            return st.term(st.last_index)
-
-    def compacted_to(self, group: int) -> tuple[int, int]:
-        with self._lock:
-            self._check_open()
-            st = self._g(group)
-            return (st.base_index, st.base_term)
-
-    def hard_state(self, group: int) -> HardState | None:
-        with self._lock:
-            self._check_open()
-            st = self._live.get(group)
-            return None if st is None else st.hs
-
-    def conf_state(self, group: int) -> ConfState | None:
-        with self._lock:
-            self._check_open()
-            st = self._live.get(group)
-            return None if st is None else st.cs
-
-    def groups(self) -> list[int]:
-        with self._lock:
-            self._check_open()
-            return sorted(self._live)
 
     def stats(self) -> dict:
         with self._lock:

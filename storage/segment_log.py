@@ -67,6 +67,7 @@ from .errors import (
     StorageError,
     StorageIOError,
 )
+from .group_reads import GroupReads
 from .options import FileStorageOptions
 from .records import (
     CRC_START,
@@ -437,7 +438,7 @@ class _Request:
         self.error: BaseException | None = None
 
 
-class SegmentedLog:
+class SegmentedLog(GroupReads):
     """The blocking log engine. Thread-safe; see the module docstring.
 
     SegmentedLog(options) opens (creating if needed) options.log_dir(),
@@ -1263,8 +1264,8 @@ class SegmentedLog:
         if self._closed:
             raise StorageClosedError(f"the log {self.path} is closed")
 
-    def _group(self, group: int):
-        return self._groups.get(group, EMPTY_GROUP)
+    def _group_states(self) -> dict:
+        return self._groups
 
     def entries(self, group: int, low: int, high: int, max_bytes: int | None = None) -> list[Entry]:
         """Entries low <= index < high (at least one if any, then up to max_bytes of data)."""
@@ -1337,61 +1338,6 @@ class SegmentedLog:
         if magic != RECORD_MAGIC or blen + HEADER_SIZE != ln or zlib.crc32(memoryview(data)[CRC_START:]) != crc:
             raise CorruptLogError(seg.path, off, "record changed on disk since it was written")
         return memoryview(data)[HEADER_SIZE:]
-
-    def term(self, group: int, index: int) -> int:
-        """The term of entry `index` (the base index answers with the base term)."""
-        with self._lock:
-            self._check_open()
-            st = self._groups.get(group)
-            if st is None:
-                if index == 0:
-                    return 0
-                if index < 0:
-                    raise LogCompactedError(group, index, 1)
-                raise LogUnavailableError(group, index, 0)
-            return st.term(index)
-
-    def first_index(self, group: int) -> int:
-        """The first index that entries() can return (base index + 1)."""
-        with self._lock:
-            self._check_open()
-            return self._group(group).base_index + 1
-
-    def last_index(self, group: int) -> int:
-        with self._lock:
-            self._check_open()
-            return self._group(group).last_index
-
-    def last_term(self, group: int) -> int:
-        with self._lock:
-            self._check_open()
-            st = self._group(group)
-            return st.term(st.last_index)
-
-    def compacted_to(self, group: int) -> tuple[int, int]:
-        """(index, term) of the log's base: what the last compaction kept."""
-        with self._lock:
-            self._check_open()
-            st = self._group(group)
-            return (st.base_index, st.base_term)
-
-    def hard_state(self, group: int) -> HardState | None:
-        with self._lock:
-            self._check_open()
-            st = self._groups.get(group)
-            return None if st is None else st.hs
-
-    def conf_state(self, group: int) -> ConfState | None:
-        with self._lock:
-            self._check_open()
-            st = self._groups.get(group)
-            return None if st is None else st.cs
-
-    def groups(self) -> list[int]:
-        """Groups with any state in the log."""
-        with self._lock:
-            self._check_open()
-            return sorted(self._groups)
 
     def stats(self) -> dict:
         with self._lock:
