@@ -97,10 +97,18 @@ def two_nodes(tmp_path: Path):
 async def test_routing_merges_peers_and_tracks_them(two_nodes: LocalCluster) -> None:
     await two_nodes.wait_healthy(timeout_s=30)
     a1, a2 = two_nodes.addresses
-    table = await coordinator_request([a1], ["routing"])
+    want_leaders = {g: ("n1" if g % 2 == 0 else "n2") for g in range(6)}
+
+    async def merged():
+        # Routing is merged from peer polls on its own schedule: it may trail
+        # the status wait_healthy saw by one poll. Wait for it, then check it.
+        t = await coordinator_request([a1], ["routing"])
+        return {g: v["leader"] for g, v in t["groups"].items()} == want_leaders and t
+
+    table = await _wait(merged)
     assert set(table["nodes"]) == {"n1", "n2"}
     assert table["nodes"]["n2"]["workers"][1]["client_address"] == f"127.0.0.1:{two_nodes.nodes['n2'].port + 52}"
-    assert {g: v["leader"] for g, v in table["groups"].items()} == {g: ("n1" if g % 2 == 0 else "n2") for g in range(6)}
+    assert {g: v["leader"] for g, v in table["groups"].items()} == want_leaders
     placement = await coordinator_request([a2], ["placement"])
     assert placement["node"] == "n2" and placement["cluster"]["groups"] == 6
     assert await coordinator_request([a1], ["ping"]) == "n1"
