@@ -763,13 +763,16 @@ class Coordinator:
             w = self.placement.group_worker.get(g)
             existed = w is not None
             if w is None:
+                # A new incarnation (multiraft.replica): its id is persisted
+                # before the worker creates it, and is never reused.
                 w = self.placement.least_loaded_worker()
                 await self._set_placement(self.placement.with_group(g, w))
-                _log.info("group %d: new empty replica on worker %d", g, w)
-            result = await self._worker_group_op(w, "add_group", g)
+                _log.info("group %d: new empty replica %s on worker %d", g, self.placement.replica_of(g), w)
+            rid = self.placement.replica_of(g)
+            result = await self._worker_group_op(w, "add_group", g, rid)
         if result is not None and not result.get("ok"):
             raise PlacementError(f"worker {w} could not create group {g}: {result.get('error')}")
-        return {"worker": w, "existed": existed}
+        return {"worker": w, "existed": existed, "replica": rid}
 
     async def _drop_replica(self, g: int) -> dict:
         # Safety: never delete the data of a replica that is in the group's
@@ -789,8 +792,10 @@ class Coordinator:
             w = self.placement.group_worker.get(g)
             if w is None:
                 return {"existed": False}
+            rid = self.placement.replica_of(g)
+            # The id is retired (tombstoned) before the data goes.
             await self._set_placement(self.placement.without_group(g))
-            _log.info("group %d: deleting this node's replica (worker %d)", g, w)
+            _log.info("group %d: deleting this node's replica %s (worker %d)", g, rid, w)
             result = await self._worker_group_op(w, "remove_group", g)
             if result is None:
                 self.workers[w].pending_wipes.add(g)
@@ -835,7 +840,8 @@ class Coordinator:
                         process.kill()
                 raise PlacementError(f"worker {target} could not take group {g}: {(imported or {}).get('error')}")
             voters = self.placement.group_voters.get(g, [])
-            await self._set_placement(self.placement.with_group(g, target, voters))
+            rid = self.placement.replica_of(g)  # the same replica: same id
+            await self._set_placement(self.placement.with_group(g, target, voters, rid))
             await self._worker_group_op(source, "remove_group", g)
             _log.info("group %d moved from worker %d to worker %d", g, source, target)
         return {"worker": target, "moved": True}
@@ -885,6 +891,7 @@ class Coordinator:
             "raft_listen_url": o.worker_raft_url(w.index, advertised=False),
             "client_listen_address": o.worker_client_address(w.index, advertised=False),
             "groups": {g: list(v) for g, v in w.groups.items()},
+            "replica_ids": self.placement.worker_replicas(w.index),
             "groups_total": o.groups,
             "tick_ms": o.tick_ms,
             "election_tick": o.election_tick,

@@ -437,12 +437,15 @@ class JobRunner:
 
     # --- building blocks ---
 
-    async def ensure_replica(self, job: Job, g: int, node: str) -> None:
+    async def ensure_replica(self, job: Job, g: int, node: str) -> str:
+        """Make sure `node` hosts a replica of g; its replica id (multiraft.replica)."""
         result = await self.coordinator_call(node, ["add_replica", g])
+        rid = result.get("replica") or node
         if result.get("existed"):
-            job.step(f"{node} already holds a replica of group {g} (worker {result.get('worker')})")
+            job.step(f"{node} already holds a replica of group {g} ({rid}, worker {result.get('worker')})")
         else:
-            job.step(f"created an empty replica of group {g} on {node} (worker {result.get('worker')})")
+            job.step(f"created an empty replica {rid} of group {g} on {node} (worker {result.get('worker')})")
+        return rid
 
     async def drop_replica(self, job: Job, g: int, node: str) -> None:
         if node not in self.coord.views():
@@ -582,10 +585,10 @@ class JobRunner:
         cluster = self._with_fresh(self.cluster(), st)
         check_not_joint(cluster.group(g))
         check_new_replica(cluster, g, node)
-        await self.ensure_replica(job, g, node)
+        rid = await self.ensure_replica(job, g, node)
         job.step(f"group {g}: adding {node} as a learner")
         return await self.change(
-            job, g, [["add_learner", node]], False,
+            job, g, [["add_learner", rid]], False,
             done=lambda s: node in s["learners"] or node in s["voters"],
         )
 

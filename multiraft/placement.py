@@ -29,6 +29,7 @@ from typing import Any
 
 import attrs
 
+from multiraft.replica import ReplicaIdError, incarnation_of, node_of, replica_id
 from multiraft.sharding import KEY_HASH_NAME
 
 __all__ = [
@@ -62,7 +63,11 @@ __all__ = [
     "is_balanced",
 ]
 
-PLACEMENT_FORMAT = 1
+# 2: replica ids and tombstones (multiraft.replica). A format-1 document is
+# read as: every placed replica is incarnation 0 (format 1 had only those), and
+# every group not placed here may have had one, so incarnation 0 of it counts
+# as retired (a later replica of it here is n~1: never a reused id).
+PLACEMENT_FORMAT = 2
 
 
 class PlacementError(ValueError):
@@ -107,6 +112,25 @@ class Placement:
     group_worker: Mapping[int, int]
     # g -> initial voters (node ids), for the groups this node hosts
     group_voters: Mapping[int, Sequence[str]]
+    # g -> this node's replica id of g (multiraft.replica), for the groups it hosts
+    group_replica: Mapping[int, str] = attrs.field(factory=dict)
+    # g -> the highest incarnation of g this node has retired (deleted): a
+    # new replica of g here gets a higher one, so no id is ever reused.
+    tombstones: Mapping[int, int] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        assert set(self.group_replica) <= set(self.group_worker), (self.group_replica, self.group_worker)
+        for g, rid in self.group_replica.items():
+            assert node_of(rid) == self.node_id, rid
+            assert incarnation_of(rid) > self.tombstones.get(g, -1), (g, rid, self.tombstones)
+
+    def replica_of(self, g: int) -> str:
+        """This node's replica id of group g (placed here)."""
+        return self.group_replica.get(g, self.node_id)
+
+    def next_replica_id(self, g: int) -> str:
+        """The id a new replica of g on this node gets: one past the tombstone."""
+        return replica_id(self.node_id, self.tombstones.get(g, -1) + 1)
 
     @classmethod
     def plan(
@@ -122,6 +146,7 @@ class Placement:
             groups_total=groups,
             group_worker=assign_workers(mine, workers),
             group_voters={g: list(full[g]) for g in mine},
+            group_replica={g: node_id for g in mine},
         )
 
     def worker_loads(self) -> list[int]:
@@ -136,22 +161,36 @@ class Placement:
         loads = self.worker_loads()
         return loads.index(min(loads))
 
-    def with_group(self, g: int, worker: int, voters: Sequence[str] = ()) -> "Placement":
-        """This placement with group g on `worker`. A replica added by a
-        membership change has no initial voters: it starts empty and learns
-        everything from its leader."""
+    def with_group(self, g: int, worker: int, voters: Sequence[str] = (), replica: str | None = None) -> "Placement":
+        """This placement with group g on `worker` as replica `replica` (by
+        default the one already placed, else a new id past the tombstone). A
+        replica added by a membership change has no initial voters: it starts
+        empty and learns everything from its leader."""
         if not 0 <= g < self.groups_total or not 0 <= worker < self.workers:
             raise PlacementError(f"cannot place group {g} on worker {worker}")
+        if replica is None:
+            replica = self.replica_of(g) if g in self.group_worker else self.next_replica_id(g)
         gw = dict(self.group_worker)
         gv = dict(self.group_voters)
+        gr = dict(self.group_replica)
         gw[g] = worker
         gv[g] = list(voters)
-        return attrs.evolve(self, group_worker=gw, group_voters=gv)
+        gr[g] = replica
+        return attrs.evolve(self, group_worker=gw, group_voters=gv, group_replica=gr)
 
     def without_group(self, g: int) -> "Placement":
+        """This placement with g's replica deleted here: its id is retired."""
         gw = {k: v for k, v in self.group_worker.items() if k != g}
         gv = {k: v for k, v in self.group_voters.items() if k != g}
-        return attrs.evolve(self, group_worker=gw, group_voters=gv)
+        gr = {k: v for k, v in self.group_replica.items() if k != g}
+        tombstones = dict(self.tombstones)
+        if g in self.group_worker:
+            tombstones[g] = max(tombstones.get(g, -1), incarnation_of(self.replica_of(g)))
+        return attrs.evolve(self, group_worker=gw, group_voters=gv, group_replica=gr, tombstones=tombstones)
+
+    def worker_replicas(self, index: int) -> dict[int, str]:
+        """{g: this node's replica id} for the groups worker `index` hosts."""
+        return {g: self.replica_of(g) for g, w in sorted(self.group_worker.items()) if w == index}
 
     def worker_groups(self, index: int) -> dict[int, list[str]]:
         """{g: initial voters} for the groups worker `index` hosts."""
@@ -164,20 +203,35 @@ class Placement:
             "workers": self.workers,
             "groups_total": self.groups_total,
             "groups": {
-                str(g): {"worker": w, "voters": list(self.group_voters[g])}
+                str(g): {"worker": w, "voters": list(self.group_voters[g]), "replica": self.replica_of(g)}
                 for g, w in sorted(self.group_worker.items())
             },
+            "tombstones": {str(g): t for g, t in sorted(self.tombstones.items())},
         }
 
     @classmethod
     def from_plain(cls, doc: Any) -> "Placement":
         try:
-            if doc["format"] != PLACEMENT_FORMAT:
-                raise PlacementError(f"unsupported placement format {doc['format']!r}")
+            fmt = doc["format"]
+            if fmt not in (1, PLACEMENT_FORMAT):
+                raise PlacementError(
+                    f"unsupported placement format {fmt!r} (this version reads 1 and {PLACEMENT_FORMAT})"
+                )
+            node_id = str(doc["node_id"])
             workers = doc["workers"]
             total = doc["groups_total"]
             group_worker: dict[int, int] = {}
             voters: dict[int, list[str]] = {}
+            replicas: dict[int, str] = {}
+            tombstones: dict[int, int] = {}
+            if fmt == 1:
+                # See PLACEMENT_FORMAT: incarnation 0 of every group not placed here is retired.
+                tombstones = {g: 0 for g in range(int(total)) if str(g) not in doc["groups"]}
+            else:
+                for key, t in doc["tombstones"].items():
+                    if type(t) is not int or t < 0 or not 0 <= int(key) < total:
+                        raise PlacementError(f"bad tombstone of group {key}: {t!r}")
+                    tombstones[int(key)] = t
             for key, item in doc["groups"].items():
                 g = int(key)
                 w = item["worker"]
@@ -188,16 +242,24 @@ class Placement:
                     raise PlacementError(f"bad voters of group {key}")
                 group_worker[g] = w
                 voters[g] = list(vs)
+                rid = item.get("replica", node_id) if fmt == 1 else item["replica"]
+                if not isinstance(rid, str) or node_of(rid) != node_id:
+                    raise PlacementError(f"bad replica id of group {key}: {rid!r}")
+                if incarnation_of(rid) <= tombstones.get(g, -1):
+                    raise PlacementError(f"group {key}: replica {rid} is retired (tombstone {tombstones[g]})")
+                replicas[g] = rid
             return cls(
-                node_id=str(doc["node_id"]),
+                node_id=node_id,
                 workers=int(workers),
                 groups_total=int(total),
                 group_worker=group_worker,
                 group_voters=voters,
+                group_replica=replicas,
+                tombstones=tombstones,
             )
         except PlacementError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ReplicaIdError) as exc:
             raise PlacementError(f"malformed placement document: {exc!r}") from None
 
 

@@ -224,6 +224,7 @@ WORKER_CONFIG_KEYS = (
     "raft_listen_url",
     "client_listen_address",
     "groups",
+    "replica_ids",
     "groups_total",
     "tick_ms",
     "election_tick",

@@ -28,9 +28,11 @@ CORE_FORBIDDEN_STDLIB = {
 RULES: list[tuple[str, set[str]]] = [
     ("multiraft.raft", {"attrs", "multiraft.raft"}),
     ("multiraft.statemachine", set()),
+    # replica ids (a naming rule): stdlib only, shared by every layer above the core
+    ("multiraft.replica", set()),
     ("multiraft.kv", {"attrs", "multiraft.raft", "multiraft.statemachine"}),
     ("multiraft.sharding", {"attrs", "multiraft.raft"}),
-    ("multiraft.placement", {"attrs", "multiraft.raft", "multiraft.sharding"}),
+    ("multiraft.placement", {"attrs", "multiraft.raft", "multiraft.sharding", "multiraft.replica"}),
     ("multiraft.lincheck", {"attrs"}),
     # RESP2 parsing and serialization: pure, no I/O (the rest of
     # multiraft.resp composes the client, like the CLIs)
@@ -39,7 +41,7 @@ RULES: list[tuple[str, set[str]]] = [
     (
         "multiraft.sim",
         {"attrs", "multiraft.raft", "multiraft.kv", "multiraft.statemachine", "multiraft.sharding",
-         "multiraft.wire", "multiraft.lincheck", "multiraft.sim", "storage"},
+         "multiraft.wire", "multiraft.lincheck", "multiraft.sim", "multiraft.replica", "storage"},
     ),
     ("storage", {"attrs", "multiraft.raft", "storage"}),
     ("multiraft.transport", {"attrs", "trio", "pynng", "multiraft.wire", "multiraft.raft", "multiraft.transport"}),
@@ -47,7 +49,7 @@ RULES: list[tuple[str, set[str]]] = [
         "workers",
         {"attrs", "trio", "trio_util", "multiraft.raft", "multiraft.kv", "multiraft.statemachine",
          "multiraft.sharding", "multiraft.wire", "multiraft.protocol", "multiraft.transport",
-         "storage", "workers"},
+         "multiraft.replica", "storage", "workers"},
     ),
 ]
 

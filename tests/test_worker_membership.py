@@ -48,16 +48,19 @@ async def test_conf_change_remove_and_readd_a_replica(tmp_path, autojump_clock):
             assert result["ok"] and result["existed"] and 0 not in w.groups
             # a request for it now: no_group; its storage is gone
             assert w.log.last_index(0) == 0 and w.snapshots.load_snapshot(0) is None
-            # back as an empty learner, then a voter
-            result = await w.group_op("add_group", 0)
-            assert result["ok"] and not result["existed"]
-            assert w.groups[0].raft.log.last_index() == 0
+            # back as an empty learner under a NEW replica id (multiraft.replica), then a voter
+            readded = f"{other}~1"
+            result = await w.group_op("add_group", 0, readded)
+            assert result["ok"] and not result["existed"] and result["replica"] == readded
+            assert w.groups[0].raft.log.last_index() == 0 and w.groups[0].raft.id == readded
             async with cluster.client(leader) as c:
-                assert (await c.call("conf_change", 0, [["add_learner", other]], False))[0] == "ok"
+                assert (await c.call("conf_change", 0, [["add_learner", readded]], False))[0] == "ok"
                 st = await _wait_conf(
                     cluster, leader,
                     lambda st: other in st["learners"] and st["progress"].get(other, 0) >= st["last_index"],
                 )
+                assert readded in st["replicas"] and other not in st["replicas"]
+                # promoting names the node: the worker resolves it to the member replica
                 assert (await c.call("conf_change", 0, [["add_voter", other]], False))[0] == "ok"
                 await _wait_conf(cluster, leader, lambda st: other in st["voters"])
                 assert (await c.call("put", 0, b"after", b"x", 0, 0))[0] == "ok"
@@ -122,3 +125,53 @@ async def test_transfer_leader_and_group_status(tmp_path, autojump_clock):
                 assert (await c.call("transfer_leader", 0, target))[0] == "ok"
             await cluster.wait_leader(0, exclude=(leader,))
             assert cluster.workers[target].groups[0].raft.role == StateRole.LEADER
+
+
+async def test_messages_to_a_retired_replica_id_are_dropped_and_counted(tmp_path, autojump_clock):
+    """A re-added replica has a new id: traffic for the old one (from a voter
+    that still holds an old config) never reaches its Raft state."""
+    from multiraft.raft.types import Message, MessageType
+
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path, groups=1) as cluster:
+            leader = await cluster.wait_leader(0)
+            other = next(n for n in ("n1", "n2", "n3") if n != leader)
+            w = cluster.workers[other]
+            assert (await w.group_op("remove_group", 0))["ok"]
+            assert (await w.group_op("add_group", 0, f"{other}~1"))["ok"]
+            raft = w.groups[0].raft
+            before = w.counters["dropped_retired_replica"]
+            # A stale voter's pre-vote and vote requests, addressed to the old id.
+            for kind in (MessageType.PRE_VOTE, MessageType.VOTE):
+                cluster.transport_of(leader).send(w.address, 0, Message(kind, leader, other, 99, 0, 0))
+            await trio.sleep(1)
+            # ours, and the leader's own heartbeats to the old id (its config still names it)
+            assert w.counters["dropped_retired_replica"] - before >= 2
+            assert raft.term == 0 and raft.vote is None  # untouched: it granted nothing
+
+
+async def test_add_group_refuses_an_id_of_another_node(tmp_path, autojump_clock):
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path, groups=1) as cluster:
+            w = cluster.workers["n1"]
+            for bad in ("n2~1", "n1~0", "n1~x", 7):
+                result = await w.group_op("add_group", 0, bad)
+                assert not result["ok"], bad
+
+
+async def test_a_worker_deletes_stored_data_of_a_retired_incarnation_at_start(tmp_path, autojump_clock):
+    """The coordinator placed a new incarnation while the worker was down: the
+    old replica's log must not come back under the new id (workers/identity.py)."""
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path, groups=1) as cluster:
+            leader = await cluster.wait_leader(0)
+            async with cluster.client(leader) as c:
+                for i in range(5):
+                    assert (await c.call("put", 0, b"k%d" % i, b"v", 0, 0))[0] == "ok"
+            other = next(n for n in ("n1", "n2", "n3") if n != leader)
+            await cluster.wait_applied(0, cluster.workers[leader].groups[0].raft.log.applied)
+            assert cluster.workers[other].groups[0].raft.log.last_index() > 0
+            await cluster.stop(other)
+            await cluster.start(other, replica_ids={0: f"{other}~1"})
+            raft = cluster.workers[other].groups[0].raft
+            assert raft.id == f"{other}~1" and raft.log.last_index() == 0 and raft.term == 0

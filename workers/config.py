@@ -31,6 +31,11 @@ groups                      (required)   ``{group id: [initial voter node ids]}`
                                          Group ids may be ints or decimal strings (JSON).
 groups_total                (required)   the number of groups of the cluster; every group id
                                          must be below it
+replica_ids                 {}           ``{group id: replica id}`` of this node's replica of
+                                         each group (multiraft.replica: "n1", or "n1~3" for a
+                                         later incarnation); a group not listed is the bare
+                                         node id. Stored data of another incarnation is
+                                         deleted at start (that replica was retired)
 tick_ms                     100          one Raft tick, in milliseconds
 election_tick               10           election timeout in ticks (randomised in
                                          [election_tick, 2 * election_tick))
@@ -82,6 +87,7 @@ from typing import Any
 
 import attrs
 
+from multiraft.replica import ReplicaIdError, incarnation_of, node_of
 from storage.options import FileStorageOptions
 
 __all__ = ["ConfigError", "Limits", "WorkerConfig"]
@@ -186,6 +192,7 @@ class WorkerConfig:
     client_listen_address: str
     groups: dict[int, tuple[str, ...]]
     groups_total: int
+    replica_ids: dict[int, str] = attrs.field(factory=dict)
     tick_ms: int = 100
     election_tick: int = 10
     heartbeat_tick: int = 1
@@ -217,6 +224,7 @@ class WorkerConfig:
         parse_host_port("client_listen_address", d["client_listen_address"])
         total = kw["groups_total"] = _check_int("groups_total", d["groups_total"])
         kw["groups"] = _parse_groups(d["groups"], total)
+        kw["replica_ids"] = _parse_replica_ids(d.get("replica_ids") or {}, kw["groups"], kw["node_id"])
         for name in ("tick_ms", "election_tick", "heartbeat_tick", "snapshot_threshold_entries"):
             if name in d:
                 _check_int(name, d[name])
@@ -244,6 +252,7 @@ class WorkerConfig:
         """The plain form (round-trips through from_dict)."""
         d = attrs.asdict(self, recurse=False)
         d["groups"] = {g: list(v) for g, v in self.groups.items()}
+        d["replica_ids"] = dict(self.replica_ids)
         d["limits"] = self.limits.to_dict()
         d["storage"] = dict(self.storage)
         return d
@@ -252,6 +261,10 @@ class WorkerConfig:
     def address(self) -> str:
         """This worker's transport address, "n1/w0" (wire.worker_address)."""
         return f"{self.node_id}/w{self.worker_index}"
+
+    def replica_id(self, g: int) -> str:
+        """This node's replica id of group g (multiraft.replica)."""
+        return self.replica_ids.get(g, self.node_id)
 
     def storage_options(self) -> FileStorageOptions:
         try:
@@ -283,4 +296,22 @@ def _parse_groups(value: Any, total: int) -> dict[int, tuple[str, ...]]:
         if len(set(vs)) != len(vs):
             raise ConfigError(f"group {g}: initial voters listed twice: {list(vs)}")
         out[g] = vs
+    return out
+
+
+def _parse_replica_ids(value: Any, groups: dict[int, tuple[str, ...]], node_id: str) -> dict[int, str]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"replica_ids must be a map of group id -> replica id, got {type(value).__name__}")
+    out: dict[int, str] = {}
+    for key, rid in value.items():
+        g = key if type(key) is int else int(key) if isinstance(key, str) and key.isdigit() else None
+        if g is None or g not in groups:
+            raise ConfigError(f"replica_ids: group {key!r} is not one of this worker's groups")
+        try:
+            ok = isinstance(rid, str) and node_of(rid) == node_id and incarnation_of(rid) >= 0
+        except ReplicaIdError as exc:
+            raise ConfigError(f"replica_ids: group {g}: {exc}") from None
+        if not ok:
+            raise ConfigError(f"replica_ids: group {g}: {rid!r} is not a replica id of node {node_id}")
+        out[g] = rid
     return out

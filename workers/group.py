@@ -12,8 +12,18 @@ from typing import Any
 from multiraft import kv
 from multiraft.raft.state import RaftState
 from multiraft.raft.types import NodeId, Snapshot, StateRole
+from multiraft.replica import node_of
 
-__all__ = ["Group", "Request"]
+__all__ = ["Group", "Request", "leader_hint"]
+
+
+def leader_hint(leader: NodeId | None) -> str | None:
+    """A leader's replica id as the node clients and coordinators route to."""
+    return None if leader is None else node_of(leader)
+
+
+def _nodes(rids: frozenset[NodeId]) -> list[str]:
+    return sorted(node_of(r) for r in rids)
 
 
 class Request:
@@ -102,18 +112,22 @@ class Group:
         conf = raft.conf
         return {
             "role": "failed" if self.failed else raft.role.name.lower(),
-            "leader": raft.leader,
+            # The control plane reasons in nodes (one replica per node and
+            # group): configs are reported by node, the raw ids beside them.
+            "leader": leader_hint(raft.leader),
+            "replica_id": raft.id,
+            "replicas": sorted(conf.all_nodes()),
             "term": raft.term,
             "commit": log.committed,
             "applied": log.applied,
             "last_index": log.last_index(),
             "snapshot_index": self.last_snapshot_index(),
-            "voters": sorted(conf.voters),
-            "learners": sorted(conf.learners | conf.learners_next),
-            "voters_outgoing": sorted(conf.voters_outgoing),
+            "voters": _nodes(conf.voters),
+            "learners": _nodes(conf.learners | conf.learners_next),
+            "voters_outgoing": _nodes(conf.voters_outgoing),
             "keys": len(self.kv),
             "pending": len(self.proposals) + len(self.waiters) + len(self.reads) + len(self.reads_indexed),
             **({"error": self.failed} if self.failed else {}),
             # the leader's view of every replica: how far its log matches ours
-            **({"progress": {n: p.match for n, p in raft.progress.items()}} if raft.role == StateRole.LEADER else {}),
+            **({"progress": {node_of(n): p.match for n, p in raft.progress.items()}} if raft.role == StateRole.LEADER else {}),
         }

@@ -32,9 +32,11 @@ from multiraft.raft.confchange import ChangeKind, ConfChange, SingleChange
 from multiraft.raft.errors import Busy, ConfChangeRejected, NotLeader, RaftError
 from multiraft.raft.state import RaftState
 from multiraft.raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta, StateRole
+from multiraft.replica import SEPARATOR, ReplicaIdError, incarnation_of, node_of
 from storage import GroupWrite, StorageError
 
-from .group import Group
+from .group import Group, leader_hint
+from .identity import save_identities
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client_server import Connection
@@ -65,25 +67,26 @@ def handle_admin(worker: "Worker", conn: "Connection", req: "AdminRequest") -> N
         return
     raft = g.raft
     if g.failed is not None or raft.role != StateRole.LEADER:
-        conn.respond(req.req_id, protocol.NOT_LEADER, None if g.failed else raft.leader)
+        conn.respond(req.req_id, protocol.NOT_LEADER, None if g.failed else leader_hint(raft.leader))
         return
     if req.op == "transfer_leader":
         try:
-            raft.transfer_leader(req.node)
+            raft.transfer_leader(_member(raft.conf, req.node))
         except NotLeader as exc:
-            conn.respond(req.req_id, protocol.NOT_LEADER, exc.leader)
+            conn.respond(req.req_id, protocol.NOT_LEADER, leader_hint(exc.leader))
             return
         except RaftError as exc:
             conn.respond(req.req_id, protocol.ERROR, str(exc))
             return
         worker._dirty.add(g.gid)
-        conn.respond(req.req_id, protocol.OK, {"leader": raft.leader, "transferee": raft.lead_transferee})
+        transferee = raft.lead_transferee
+        conn.respond(req.req_id, protocol.OK, {"leader": leader_hint(raft.leader), "transferee": leader_hint(transferee)})
         return
-    cc = ConfChange(tuple(SingleChange(_KINDS[kind], node) for kind, node in req.changes), req.joint)
     try:
+        cc = ConfChange(tuple(SingleChange(_KINDS[k], _resolve(raft.conf, k, name)) for k, name in req.changes), req.joint)
         index = raft.propose_conf_change(cc)
     except NotLeader as exc:
-        conn.respond(req.req_id, protocol.NOT_LEADER, exc.leader)
+        conn.respond(req.req_id, protocol.NOT_LEADER, leader_hint(exc.leader))
         return
     except Busy as exc:
         conn.respond(req.req_id, protocol.BUSY, exc.reason)
@@ -94,6 +97,29 @@ def handle_admin(worker: "Worker", conn: "Connection", req: "AdminRequest") -> N
     worker._dirty.add(g.gid)
     _log.info("%s: group %d: proposed %s at index %d", worker.address, g.gid, _describe(req), index)
     conn.respond(req.req_id, protocol.OK, {"index": index, "term": raft.term})
+
+
+def _member(conf: ConfState, name: str) -> str:
+    """The member replica id that `name` (a replica id or a node) means."""
+    members = conf.all_nodes()
+    if name in members:
+        return name
+    same_node = [m for m in members if node_of(m) == node_of(name)]
+    return same_node[0] if len(same_node) == 1 else name
+
+
+def _resolve(conf: ConfState, kind: str, name: str) -> str:
+    """The replica id a change names. The control plane names nodes, except
+    for a new replica (add_learner / add_voter of a node not in the config),
+    where it names the replica id its node allocated (multiraft.replica):
+    a bare node there means incarnation 0. A node holds one replica per group:
+    a second incarnation of a member node is refused."""
+    member = _member(conf, name)
+    if member != name and kind in ("add_voter", "add_learner") and SEPARATOR in name:
+        raise ConfChangeRejected(
+            f"node {node_of(name)} is in the config as {member}: remove that replica before adding {name}"
+        )
+    return member
 
 
 def _describe(req: "AdminRequest") -> str:
@@ -109,6 +135,15 @@ async def group_op(worker: "Worker", op: str, gid: Any, data: Any = None) -> dic
     """Queue a placement change for the raft loop and wait for its result."""
     if op not in GROUP_OPS:
         return {"ok": False, "error": f"unknown group op {op!r}"}
+    if op == "add_group":
+        rid = worker.node_id if data is None else data
+        try:
+            if not isinstance(rid, str) or node_of(rid) != worker.node_id:
+                raise ReplicaIdError(f"{rid!r} is not a replica id of node {worker.node_id}")
+            incarnation_of(rid)
+        except ReplicaIdError as exc:
+            return {"ok": False, "error": str(exc)}
+        data = rid
     if type(gid) is not int or not 0 <= gid < worker.config.groups_total:
         return {"ok": False, "error": f"bad group id {gid!r}"}
     done = trio.Event()
@@ -125,7 +160,7 @@ async def run_group_ops(worker: "Worker") -> None:
     for op, gid, data, done, result in ops:
         try:
             if op == "add_group":
-                extra = await _add(worker, gid)
+                extra = await _add(worker, gid, data)
             elif op == "remove_group":
                 extra = await _remove(worker, gid)
             elif op == "export_group":
@@ -161,20 +196,26 @@ def _forget(worker: "Worker", gid: int) -> Group | None:
     return g
 
 
-def _wipe(worker: "Worker", gid: int) -> None:
-    """Blocking: delete the group's log records and snapshot."""
-    assert worker.log is not None and worker.snapshots is not None
-    worker.log.write([GroupWrite(gid, remove=True)], sync=worker.config.sync_on_write)
-    worker.snapshots.delete_snapshot(gid)
+def _wipe(worker: "Worker", gid: int, new_rid: str | None = None) -> None:
+    """Blocking: delete the group's log records and snapshot, then record
+    which incarnation (if any) owns the group's stored data from now on. In
+    this order: data never sits under an id it does not belong to
+    (workers/identity.py)."""
+    worker._wipe_group_data(gid)
+    if new_rid is None:
+        worker.identities.pop(gid, None)
+    else:
+        worker.identities[gid] = new_rid
+    save_identities(worker.config.data_dir, worker.identities, sync=worker.config.sync_on_write)
 
 
-def _new_raft(worker: "Worker", gid: int, **state: Any) -> RaftState:
+def _new_raft(worker: "Worker", gid: int, rid: str, **state: Any) -> RaftState:
     cfg = worker.config
     if cfg.seed is not None:
         rng = random.Random(cfg.seed * 1_000_003 + gid)
     else:
         rng = random.Random(os.urandom(16))
-    return RaftState(worker._raft_config(), rng, **state)
+    return RaftState(worker._raft_config(rid), rng, **state)
 
 
 def _install(worker: "Worker", g: Group) -> None:
@@ -187,15 +228,20 @@ def _install(worker: "Worker", g: Group) -> None:
     worker._dirty.add(g.gid)
 
 
-async def _add(worker: "Worker", gid: int) -> dict:
-    if gid in worker.groups:
-        return {"existed": True}
+async def _add(worker: "Worker", gid: int, rid: str) -> dict:
+    g = worker.groups.get(gid)
+    if g is not None:
+        if g.raft.id == rid:
+            return {"existed": True, "replica": rid}
+        # The coordinator retired that incarnation (it placed a new id): it goes.
+        _log.warning("%s: group %d: replacing retired replica %s by %s", worker.address, gid, g.raft.id, rid)
+        _forget(worker, gid)
     # Anything left from an earlier replica of this group on this worker goes:
     # a new replica starts empty (initial voters None) and learns from its leader.
-    await worker._run_io(_wipe, worker, gid)
-    raft = _new_raft(worker, gid, hard_state=HardState())
+    await worker._run_io(_wipe, worker, gid, rid)
+    raft = _new_raft(worker, gid, rid, hard_state=HardState())
     _install(worker, Group(gid, raft, kv.KVStateMachine()))
-    return {"existed": False}
+    return {"existed": False, "replica": rid}
 
 
 async def _remove(worker: "Worker", gid: int) -> dict:
@@ -231,6 +277,7 @@ def _export(worker: "Worker", gid: int) -> dict:
     last = log.last_index()
     entries = log.slice(applied + 1, last + 1, 1 << 62) if last > applied else []
     state = {
+        "replica_id": raft.id,  # the same replica moves: its identity with it
         "hard_state": [raft.term, raft.vote, log.committed],
         "snapshot": snapshot,
         "entries": [[e.term, e.index, int(e.type), e.data] for e in entries],
@@ -248,6 +295,10 @@ async def _import(worker: "Worker", gid: int, data: Any) -> dict:
             index, sterm, conf, sm_data = data["snapshot"]
             snap = Snapshot(SnapshotMeta(int(index), int(sterm), ConfState.from_plain(conf)), bytes(sm_data))
         entries = tuple(Entry(int(t), int(i), int(ty), bytes(d)) for t, i, ty, d in data["entries"])
+        rid = data.get("replica_id", worker.node_id)
+        if not isinstance(rid, str) or node_of(rid) != worker.node_id:
+            raise ValueError(f"replica id {rid!r} is not one of node {worker.node_id}")
+        incarnation_of(rid)
     except (KeyError, TypeError, ValueError) as exc:
         raise _OpError(f"malformed group state: {exc!r}") from None
     if gid in worker.groups:
@@ -261,7 +312,7 @@ async def _import(worker: "Worker", gid: int, data: Any) -> dict:
 
     def persist() -> None:
         assert worker.log is not None and worker.snapshots is not None
-        _wipe(worker, gid)
+        _wipe(worker, gid, rid)
         if snap is not None:
             worker.snapshots.save_snapshot(gid, snap)
         w: dict = {"hard_state": hs}
@@ -272,7 +323,7 @@ async def _import(worker: "Worker", gid: int, data: Any) -> dict:
         worker.log.write([GroupWrite(gid, **w)], sync=True)
 
     await worker._run_io(persist)
-    raft = _new_raft(worker, gid, hard_state=hs, snapshot=snap, entries=entries)
+    raft = _new_raft(worker, gid, rid, hard_state=hs, snapshot=snap, entries=entries)
     g = Group(gid, raft, sm)
     g.saved_term, g.saved_vote = hs.term, hs.vote
     _install(worker, g)

@@ -134,7 +134,7 @@ class LocalCluster:
         self._stopped: dict[str, trio.Event] = {}
         self.version = 0
 
-    def config(self, node: str) -> WorkerConfig:
+    def config(self, node: str, **extra: Any) -> WorkerConfig:
         d = {
             "node_id": node,
             "worker_index": 0,
@@ -147,11 +147,17 @@ class LocalCluster:
             "storage": {"min_free_disk_space": 0},
         }
         d.update(self.overrides)
+        d.update(extra)
         return WorkerConfig.from_dict(d)
 
-    async def start(self, node: str) -> Worker:
+    def transport_of(self, node: str) -> Any:
+        """The transport of `node`'s worker (to inject messages in tests)."""
+        return self.workers[node].transport
+
+    async def start(self, node: str, **extra: Any) -> Worker:
+        """Start `node`'s worker; `extra` overrides config keys for this start."""
         worker = Worker(
-            self.config(node),
+            self.config(node, **extra),
             transport=self.net.transport(f"{node}/w0"),
             io_inline=self.io_inline,
         )

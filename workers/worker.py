@@ -61,12 +61,14 @@ from multiraft.raft.types import (
     Snapshot,
     StateRole,
 )
+from multiraft.replica import node_of
 from multiraft.wire import worker_address
 from storage import GroupWrite, SegmentedLog, SnapshotStore, StorageError
 
 from .client_server import ClientServer, Connection
 from .config import ConfigError, WorkerConfig, parse_host_port
-from .group import Group, Request
+from .group import Group, Request, leader_hint
+from .identity import IdentityError, load_identities, save_identities
 from .requests import BadRequest, PingRequest, ReadRequest, parse_request, write_payload
 from .requests import AdminRequest
 from . import membership
@@ -95,6 +97,7 @@ STAT_NAMES = (
     "messages_sent",
     "dropped_unknown_group",  # a peer's message for a group not hosted here
     "dropped_no_route",  # our message to a node the routing table does not place
+    "dropped_retired_replica",  # a message to a retired incarnation of one of our replicas
     "dropped_send",  # the transport refused it (peer down, outbox full, ...)
     "proposals",  # entries proposed
     "proposal_batches",  # propose_many calls
@@ -165,6 +168,8 @@ class Worker:
     ) -> None:
         self.config = config
         self.node_id = config.node_id
+        # {group: replica id of its stored data} (workers/identity.py)
+        self.identities: dict[int, str] = {}
         self.address = config.address
         self.limits = config.limits
         self.groups: dict[int, Group] = {}
@@ -209,6 +214,7 @@ class Worker:
             self._run_io = functools.partial(_run_in_thread, limiter)
         try:
             await self._open_storage()
+            await self._run_io(self._reconcile_identities)
             state = await self._run_io(self._load_state)
             self._build_groups(state)
             if self.transport is None:
@@ -307,6 +313,36 @@ class Worker:
             self.snapshots.close()
             self.snapshots = None
 
+    def _reconcile_identities(self) -> None:
+        """Blocking: delete stored data of any group whose stored incarnation
+        is not the one the coordinator placed here (it was retired while we
+        were down or mid-change: workers/identity.py), then record ours."""
+        cfg = self.config
+        try:
+            stored = load_identities(cfg.data_dir)
+        except IdentityError as exc:
+            raise WorkerError(str(exc)) from None
+        if stored is None:  # before replica ids: every stored replica was incarnation 0
+            stored = {g: self.node_id for g in cfg.groups}
+        for gid in cfg.groups:
+            rid = cfg.replica_id(gid)
+            had = stored.get(gid)
+            if had != rid:
+                if had is not None:
+                    _log.warning(
+                        "%s: group %d: deleting the stored data of retired replica %s (this node now hosts %s)",
+                        self.address, gid, had, rid,
+                    )
+                self._wipe_group_data(gid)
+        self.identities = {g: cfg.replica_id(g) for g in cfg.groups}
+        save_identities(cfg.data_dir, self.identities, sync=cfg.sync_on_write)
+
+    def _wipe_group_data(self, gid: int) -> None:
+        """Blocking: delete the group's log records and snapshot."""
+        assert self.log is not None and self.snapshots is not None
+        self.log.write([GroupWrite(gid, remove=True)], sync=self.config.sync_on_write)
+        self.snapshots.delete_snapshot(gid)
+
     def _load_state(self) -> dict[int, tuple]:
         """Blocking: each configured group's (hard state, snapshot, entries)."""
         log, snaps = self.log, self.snapshots
@@ -323,10 +359,10 @@ class Worker:
             out[gid] = (hs, snap, entries)
         return out
 
-    def _raft_config(self) -> Config:
+    def _raft_config(self, rid: str) -> Config:
         cfg = self.config
         return Config(
-            id=self.node_id,
+            id=rid,
             election_tick=cfg.election_tick,
             heartbeat_tick=cfg.heartbeat_tick,
             pre_vote=True,
@@ -336,8 +372,8 @@ class Worker:
 
     def _build_groups(self, state: dict[int, tuple]) -> None:
         cfg = self.config
-        rc = self._raft_config()
         for gid, voters in cfg.groups.items():
+            rid = cfg.replica_id(gid)
             hs, snap, entries = state[gid]
             fresh = hs is None and snap is None and not entries
             if cfg.seed is not None:
@@ -345,12 +381,13 @@ class Worker:
             else:
                 rng = random.Random(os.urandom(16))
             raft = RaftState(
-                rc,
+                self._raft_config(rid),
                 rng,
                 hard_state=hs or HardState(),
                 snapshot=snap,
                 entries=entries,
-                initial_voters=tuple(voters) if fresh and self.node_id in voters else None,
+                # Initial voters are incarnation 0 (bare node ids) by definition.
+                initial_voters=tuple(voters) if fresh and rid in voters else None,
             )
             sm = kv.KVStateMachine()
             if snap is not None:
@@ -452,6 +489,11 @@ class Worker:
                     g = groups.get(gid)
                     if g is None or g.failed:
                         counters["dropped_unknown_group"] += 1
+                        continue
+                    if msg.to != g.raft.id:
+                        # Addressed to a retired incarnation of our replica (an
+                        # old config names it): it must never vote or ack again.
+                        counters["dropped_retired_replica"] += 1
                         continue
                     g.raft.step(msg)
                     dirty.add(gid)
@@ -674,7 +716,9 @@ class Worker:
             self.log.write(batch, sync=self.config.sync_on_write)
 
     def _send(self, g: Group, m: Message) -> None:
-        addr = g.peers.get(m.to)
+        # Routes are by node; most replica ids are bare node ids (incarnation 0).
+        peers = g.peers
+        addr = peers.get(m.to) or peers.get(node_of(m.to))
         if addr is None:
             self.counters["dropped_no_route"] += 1
         elif self.transport.send(addr, g.gid, m):
@@ -719,7 +763,7 @@ class Worker:
                             self._respond(req, status, payload)
                         else:
                             counters["writes_overwritten"] += 1
-                            self._respond(req, protocol.NOT_LEADER, raft.leader)
+                            self._respond(req, protocol.NOT_LEADER, leader_hint(raft.leader))
             counters["entries_applied"] += len(rd.committed_entries)
             applied = rd.committed_entries[-1].index
         if rd.read_states:
@@ -747,7 +791,7 @@ class Worker:
         """Answer not_leader to every read still waiting for its read index."""
         reads, g.reads = g.reads, {}
         self.counters["reads_failed_leadership"] += len(reads)
-        leader = g.raft.leader
+        leader = leader_hint(g.raft.leader)
         for req in reads.values():
             self._respond(req, protocol.NOT_LEADER, leader)
 
@@ -829,7 +873,7 @@ class Worker:
             except NotLeader as exc:
                 counters["client_not_leader"] += len(reqs)
                 for r in reqs:
-                    self._respond(r, protocol.NOT_LEADER, exc.leader)
+                    self._respond(r, protocol.NOT_LEADER, leader_hint(exc.leader))
                 continue
             except Busy:
                 counters["client_busy"] += len(reqs)
@@ -847,7 +891,7 @@ class Worker:
                 if old is not None:
                     # Our log was cut below this index: that entry is gone.
                     counters["writes_overwritten"] += 1
-                    self._respond(old, protocol.NOT_LEADER, raft.leader)
+                    self._respond(old, protocol.NOT_LEADER, leader_hint(raft.leader))
                 waiters[index] = r
             counters["proposals"] += len(reqs)
             counters["proposal_batches"] += 1
@@ -882,7 +926,7 @@ class Worker:
         raft = g.raft
         if g.failed is not None or raft.role != _LEADER:
             counters["client_not_leader"] += 1
-            conn.respond(req.req_id, protocol.NOT_LEADER, None if g.failed else raft.leader)
+            conn.respond(req.req_id, protocol.NOT_LEADER, None if g.failed else leader_hint(raft.leader))
             return
         if self._pending >= self.limits.pending_requests_max or self._stopping:
             counters["client_busy"] += 1
@@ -899,7 +943,7 @@ class Worker:
                 raft.read_index(ctx, lease=req.lease and self.config.lease_reads)
             except NotLeader as exc:
                 counters["client_not_leader"] += 1
-                conn.respond(req.req_id, protocol.NOT_LEADER, exc.leader)
+                conn.respond(req.req_id, protocol.NOT_LEADER, leader_hint(exc.leader))
                 return
             except Busy:
                 counters["client_busy"] += 1
