@@ -18,6 +18,8 @@ from multiraft.raft.config import Config
 from multiraft.raft.state import RaftState
 from multiraft.raft.types import EntryType, Ready, ReadOnlyOption, StateRole
 
+from multiraft.replica import incarnation_of, replica_id
+
 from .disk import SimDisk
 from .options import SimOptions
 
@@ -83,7 +85,7 @@ class Replica:
     def _finish(self, sim: "Sim", now: int, rd: Ready) -> None:
         raft = self.raft
         if rd.entries:
-            sim.safety.on_persist(self.group, self.node.id, rd.entries, self._prev_term_of(rd))
+            sim.safety.on_persist(self.group, self.raft.id, rd.entries, self._prev_term_of(rd))
         self.node.worker_disk(self.group).write(self.group, rd)
         for m in rd.messages_after_persist:
             sim.network.send(now, self.group, m)
@@ -91,7 +93,7 @@ class Replica:
             self.kv.restore(rd.snapshot.data)
             # Reads waiting for an index the snapshot covers can be served now.
         for e in rd.committed_entries:
-            sim.safety.on_apply(self.group, self.node.id, e)
+            sim.safety.on_apply(self.group, self.raft.id, e)
             result = None
             if e.type == EntryType.NORMAL and e.index > self.kv.applied_index:
                 result = self.kv.apply(e.index, e.data)
@@ -145,7 +147,7 @@ class Replica:
         """Feed the safety checker what changed since the last look."""
         raft = self.raft
         if raft.role == StateRole.LEADER:
-            sim.safety.on_leader(self.group, raft.term, self.node.id, raft.log)
+            sim.safety.on_leader(self.group, raft.term, raft.id, raft.log)
             if raft.log.committed > self.last_commit:
                 sim.safety.on_commit(self.group, raft.log, self.last_commit, raft.log.committed)
         self.last_commit = raft.log.committed
@@ -158,6 +160,10 @@ class SimNode:
         self.options = options
         self.disks = [SimDisk() for _ in range(options.workers_per_node)]
         self.replicas: dict[int, Replica] = {}
+        # What the node's coordinator persists (placement.json): the replica id
+        # it hosts per group, and the highest incarnation it retired.
+        self.replica_ids: dict[int, str] = {}
+        self.tombstones: dict[int, int] = {}
         self.down_until: int | None = None
         self.disk_latency_max = rng.choice([0, options.disk_latency_steps_max])
         self._rng_seed = rng.random()
@@ -177,10 +183,10 @@ class SimNode:
             return 0
         return rng.randint(0, self.disk_latency_max)
 
-    def make_config(self) -> Config:
+    def make_config(self, rid: str) -> Config:
         o = self.options
         return Config(
-            id=self.id,
+            id=rid,
             election_tick=o.election_tick,
             heartbeat_tick=1,
             pre_vote=o.pre_vote,
@@ -191,9 +197,34 @@ class SimNode:
             inflight_msgs_max=4,
         )
 
-    def create_replica(self, group: int, initial_voters, sim_rng: random.Random) -> Replica:
+    def new_replica_id(self, group: int) -> str:
+        """The id a new replica of `group` here gets: one past the tombstone
+        (and past a stale replica still hosted, which is deleted first)."""
+        retired = self.tombstones.get(group, -1)
+        if group in self.replica_ids:
+            retired = max(retired, incarnation_of(self.replica_ids[group]))
+        return replica_id(self.id, retired + 1)
+
+    def wipe_replica(self, group: int) -> bool:
+        """Delete this node's replica of `group` (memory and disk) and retire
+        its id; True if there was one."""
+        rid = self.replica_ids.pop(group, None)
+        if rid is None:
+            return False
+        self.tombstones[group] = max(self.tombstones.get(group, -1), incarnation_of(rid))
+        self.replicas.pop(group, None)
+        disk = self.worker_disk(group)
+        disk.groups.pop(group, None)
+        disk.unsynced_hard_states.pop(group, None)
+        return True
+
+    def create_replica(self, group: int, initial_voters, sim_rng: random.Random, rid: str | None = None) -> Replica:
+        rid = rid or self.id
+        assert group not in self.replica_ids, (group, self.replica_ids)
+        assert incarnation_of(rid) > self.tombstones.get(group, -1), (rid, self.tombstones)
+        self.replica_ids[group] = rid
         raft = RaftState(
-            self.make_config(),
+            self.make_config(rid),
             random.Random(sim_rng.random()),
             initial_voters=initial_voters,
         )
@@ -205,7 +236,7 @@ class SimNode:
     def restart_replica(self, group: int, sim_rng: random.Random) -> Replica:
         gd = self.worker_disk(group).group(group)
         raft = RaftState(
-            self.make_config(),
+            self.make_config(self.replica_ids[group]),
             random.Random(sim_rng.random()),
             hard_state=gd.hard_state,
             snapshot=gd.snapshot,

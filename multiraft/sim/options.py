@@ -37,6 +37,9 @@ class SimOptions:
     compact_lag_entries: int
     cas_fraction: float
     read_fraction: float
+    # Delete replicas removed from their group's config (multiraft-admin's
+    # drop_replica), so that re-adding a node creates a new incarnation.
+    wipe_removed: bool = False
     # Length.
     chaos_steps: int = 6000
     liveness_steps: int = 6000
@@ -72,6 +75,7 @@ class SimOptions:
             compact_lag_entries=rng.choice([0, 5, 50]),
             cas_fraction=rng.choice([0.0, 0.2, 0.4]),
             read_fraction=rng.choice([0.2, 0.5]),
+            wipe_removed=rng.random() < 0.6,
             chaos_steps=chaos_steps,
         )
 

@@ -13,6 +13,7 @@ from multiraft import lincheck
 from multiraft.raft import confchange
 from multiraft.raft.errors import RaftError
 from multiraft.raft.types import StateRole
+from multiraft.replica import node_of
 
 from .cluster import Replica, SimNode
 from .network import SimNetwork
@@ -34,6 +35,7 @@ REPORTED_COUNTERS = (
     "crashes",
     "partitions",
     "ops_checked",
+    "replicas_readded",
 )
 
 
@@ -111,11 +113,15 @@ class Sim:
             self._inject_faults()
         self._restart_due()
         for group, m in self.network.due(now):
-            node = self.nodes.get(m.to)
+            node = self.nodes.get(node_of(m.to))
             if node is None or not node.up:
                 continue
             r = node.replicas.get(group)
             if r is not None:
+                if r.raft.id != m.to:
+                    # For a retired incarnation (an old config names it): as the worker does.
+                    self.counters["dropped_retired_replica"] += 1
+                    continue
                 r.raft.step(m)
         if now % o.steps_per_tick == 0:
             for node in self.nodes.values():
@@ -205,7 +211,7 @@ class Sim:
             g = rng.randrange(o.groups)
             leader = self._leader_of(g)
             if leader is not None:
-                others = sorted(leader.raft.conf.voters - {leader.node.id})
+                others = sorted(leader.raft.conf.voters - {leader.raft.id})
                 if others:
                     try:
                         leader.raft.transfer_leader(rng.choice(others))
@@ -217,6 +223,8 @@ class Sim:
             leader = self._leader_of(g)
             if leader is not None:
                 self._change_membership(leader)
+        if o.membership_rate and o.wipe_removed and rng.random() < o.membership_rate:
+            self._wipe_removed_replica()
 
     def _change_membership(self, leader: Replica) -> None:
         rng = self.rng
@@ -224,7 +232,8 @@ class Sim:
         if conf.joint:
             return
         members = conf.all_nodes()
-        outsiders = sorted(n for n in self.nodes if n not in members and self.nodes[n].up)
+        member_nodes = {node_of(m) for m in members}
+        outsiders = sorted(n for n in self.nodes if n not in member_nodes and self.nodes[n].up)
         voters = sorted(conf.voters)
         learners = sorted(conf.learners)
         choices = []
@@ -239,9 +248,14 @@ class Sim:
         if not choices:
             return
         action = rng.choice(choices)
+        new_replica: tuple[SimNode, str] | None = None
         if action == "add_learner":
-            node = rng.choice(outsiders)
-            cc = confchange.add_learner(node)
+            node = self.nodes[rng.choice(outsiders)]
+            # The node allocates a new incarnation (multiraft.replica); a stale
+            # replica it still hosts (removed from the config) is deleted first.
+            rid = node.new_replica_id(leader.group)
+            new_replica = (node, rid)
+            cc = confchange.add_learner(rid)
         elif action == "promote":
             cc = confchange.add_voter(rng.choice(learners))
         elif action == "remove_learner":
@@ -265,11 +279,30 @@ class Sim:
         except RaftError:
             return
         self.counters["conf_changes_proposed"] += 1
-        for c in cc.changes:
-            node = self.nodes[c.node]
-            if c.node not in members and leader.group not in node.replicas and node.up:
-                # The coordinator creates the empty replica before it is added.
-                node.create_replica(leader.group, None, self.rng)
+        if new_replica is not None and new_replica[0].up:
+            # The coordinator creates the empty replica before it is added.
+            node, rid = new_replica
+            if node.wipe_replica(leader.group):
+                self.counters["replicas_readded"] += 1
+            node.create_replica(leader.group, None, self.rng, rid)
+
+    def _wipe_removed_replica(self) -> None:
+        """Delete a replica its group's leader no longer has in its config, as
+        multiraft-admin does after a removal (drop_replica). Voters cut off
+        during the removal may still name it: that is the point."""
+        g = self.rng.randrange(self.options.groups)
+        leader = self._leader_of(g)
+        if leader is None or leader.raft.conf.joint:
+            return
+        log = leader.raft.log
+        if log.applied < log.last_index():
+            return  # a conf change may be in flight: the admin waits for it
+        members = leader.raft.conf.all_nodes()
+        stale = [n for n in sorted(self.nodes) if self.nodes[n].up and g in self.nodes[n].replicas
+                 and self.nodes[n].replicas[g].raft.id not in members]
+        if stale:
+            self.nodes[self.rng.choice(stale)].wipe_replica(g)
+            self.counters["replicas_wiped"] += 1
 
     # ---- the end ---------------------------------------------------------------------
 

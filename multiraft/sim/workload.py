@@ -16,6 +16,8 @@ from multiraft import kv
 from multiraft.raft.errors import ProposalDropped
 from multiraft.sharding import group_for_key
 
+from multiraft.replica import node_of
+
 from .cluster import ReadWaiter, Waiter
 
 if TYPE_CHECKING:
@@ -109,6 +111,7 @@ class Workload:
             return None
         hint = c.leader_hint.get(op.group)
         if hint is not None and not prefer_follower and op.attempts % 3 != 2:
+            hint = node_of(hint)  # a replica id: route to its node
             if any(n.id == hint for n in nodes):
                 return hint
         return self.rng.choice(nodes).id
