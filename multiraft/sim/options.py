@@ -42,6 +42,9 @@ class SimOptions:
     liveness_steps: int = 6000
     steps_per_tick: int = 10
     election_tick: int = 10
+    # Per-message chance that a frame is damaged on the way: one bit flipped in
+    # its real wire encoding, which the real decoder must reject.
+    corrupt_rate: float = 0.0
 
     @classmethod
     def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> "SimOptions":
@@ -73,6 +76,7 @@ class SimOptions:
             cas_fraction=rng.choice([0.0, 0.2, 0.4]),
             read_fraction=rng.choice([0.2, 0.5]),
             chaos_steps=chaos_steps,
+            corrupt_rate=rng.choice([0.0, 0.0, 0.002, 0.01]),
         )
 
     def describe(self) -> str:
