@@ -14,7 +14,8 @@ peer's bounded outbox or drops the message and counts why (Raft tolerates loss).
 One sender task per peer coalesces whatever is queued into one frame.
 
 Inbound, one receive loop decodes frames. Bad frames (malformed, oversized,
-unknown version, addressed to another worker) are counted and dropped. Raft
+unknown version, failing their checksum, addressed to another worker) are
+counted and dropped, and nothing a peer sends ends the loop. Raft
 batches go to `receive_channel` (bounded; a full channel back-pressures the
 receive loop, hence nng, TCP and finally the senders' outboxes, which drop).
 Other kinds go to `frame_channel` (bounded; dropped and counted when full, so a
@@ -59,9 +60,10 @@ STAT_NAMES = (
     "dropped_unencodable",  # a message cbor2 could not encode (our bug; logged once)
     "dropped_inbox_full",  # a non-raft frame while frame_channel was full
     "dropped_inbox_closed",  # the consumer closed its receive channel
-    "frames_malformed",
+    "frames_malformed",  # not a frame of this format (also: an empty nng message)
     "frames_oversized",
-    "frames_bad_version",
+    "frames_bad_version",  # an older or newer format version
+    "frames_corrupted",  # the crc32 trailer does not match: damaged on the way
     "frames_misaddressed",  # a valid frame whose target is not this worker
     "inbox_full_waits",  # times the receive loop waited on a full receive_channel
     "send_stalls",  # times a sender waited for nng to accept a frame
@@ -487,6 +489,12 @@ class Transport:
             except pynng.TryAgain:
                 since_checkpoint = 0
                 await trio.lowlevel.wait_readable(recv_fd)
+                continue
+            except RuntimeError:
+                # pynng cannot return an empty nng message: ffi.unpack() of
+                # its NULL buffer raises RuntimeError (the message is consumed).
+                # A peer can send one at will; it is a malformed frame.
+                stats["frames_malformed"] += 1
                 continue
             since_checkpoint += 1
             if since_checkpoint >= checkpoint_every:

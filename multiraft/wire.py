@@ -1,12 +1,18 @@
 """The versioned wire format between workers: bytes in, bytes out.
 
-A frame is one CBOR document (see docs/wire.md for the full layout)::
+A frame is one CBOR document followed by a checksum (docs/wire.md has the full
+layout)::
 
-    [version, source_worker, target_worker, kind, payload]
+    [version, source_worker, target_worker, kind, payload]  crc32 (4 bytes, big-endian)
 
 `version` is always the first element of a top-level array, in every version of
-the format, so a receiver can tell "a frame from a newer release" (counted as
-such) from garbage. Worker addresses are short text strings, "n1/w0" style.
+the format, so a receiver can tell "a frame from an older or newer release"
+(counted as such) from garbage: it is read from the first bytes before anything
+else. The crc32 (zlib's CRC-32) covers every byte of the CBOR document and is
+checked before the document is decoded, so a bit flipped on the way (a NIC, a
+bad DIMM, a buggy proxy) never reaches the core as a valid-looking entry or
+snapshot chunk on one replica only. Worker addresses are short text strings,
+"n1/w0" style.
 
 RAFT frames carry many groups' messages in one flat array: per message, the
 group id and the Message fields in order, except that the `entries` slot holds
@@ -20,7 +26,7 @@ container and ~25 ns per scalar, so flattening halves the encode and decode cost
 
 Decoding validates every field's type, range and shape, and raises only
 `FrameError` subclasses (`FrameOversized`, `FrameUnknownVersion`,
-`FrameMalformed`): garbage from a peer never escapes as another exception and
+`FrameCorrupt`, `FrameMalformed`): garbage from a peer never escapes as another exception and
 never yields a half-valid Message. This module imports no trio and no pynng.
 """
 
@@ -28,6 +34,8 @@ from __future__ import annotations
 
 import enum
 import io
+import struct
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,6 +64,9 @@ __all__ = [
     "FrameMalformed",
     "FrameOversized",
     "FrameUnknownVersion",
+    "FrameCorrupt",
+    "CHECKSUM_BYTES",
+    "seal_frame",
     "encode_raft_batch",
     "encode_frame",
     "decode_frame",
@@ -67,10 +78,15 @@ __all__ = [
 #: The version this release writes. Bump it for any change a receiver of the
 #: previous version would misread: a new kind, message type or entry type, a new,
 #: removed or reordered field (docs/wire.md, "Versioning").
-FORMAT_VERSION = 1
+#: Version 2 added the crc32 trailer; version 1 frames (no checksum) are refused.
+FORMAT_VERSION = 2
 #: The versions this release can read. A rolling upgrade first ships a release that
 #: reads both the old and the new version, then one that writes the new one.
-SUPPORTED_VERSIONS = frozenset({1})
+SUPPORTED_VERSIONS = frozenset({2})
+assert FORMAT_VERSION in SUPPORTED_VERSIONS
+
+#: Length of the checksum trailer: zlib.crc32 of the CBOR document, big-endian.
+CHECKSUM_BYTES = 4
 
 #: Default largest frame, checked before any decoding (and by senders before
 #: sending). Every node of a cluster must use the same or a larger value.
@@ -126,6 +142,12 @@ class FrameOversized(FrameError):
     """Larger than the frame size limit; rejected before decoding."""
 
     stat = "frames_oversized"
+
+
+class FrameCorrupt(FrameError):
+    """The crc32 trailer does not match the bytes: damaged on the way."""
+
+    stat = "frames_corrupted"
 
 
 class FrameUnknownVersion(FrameError):
@@ -205,6 +227,18 @@ def _flatten(items: Iterable[tuple[int, Message]]) -> list:
 
 
 _dumps = cbor2.dumps
+_crc32 = zlib.crc32
+_CRC = struct.Struct(">I")
+_pack_crc = _CRC.pack
+_unpack_crc = _CRC.unpack_from
+
+
+def seal_frame(body: bytes) -> bytes:
+    """The frame for an encoded CBOR document: `body` then its crc32.
+
+    The encoders use it; so can tests and tools that build frames by hand.
+    """
+    return body + _pack_crc(_crc32(body))
 
 
 def encode_raft_batch(
@@ -215,7 +249,8 @@ def encode_raft_batch(
     The caller checks the result against its frame size limit. Messages are not
     validated here (they come from our own core): the decoder is the authority.
     """
-    return _dumps([FORMAT_VERSION, src, dst, 1, _flatten(items)])
+    body = _dumps([FORMAT_VERSION, src, dst, 1, _flatten(items)])
+    return body + _pack_crc(_crc32(body))
 
 
 def encode_frame(kind: int, src: str, dst: str, payload: Any) -> bytes:
@@ -233,7 +268,7 @@ def encode_frame(kind: int, src: str, dst: str, payload: Any) -> bytes:
         raise TypeError(f"{kind.name} payload must be a list or dict, not {type(payload)}")
     if not _is_plain(payload, NESTING_DEPTH_MAX - 1, encoding=True):
         raise TypeError(f"{kind.name} payload is not plain CBOR data: {payload!r:.200}")
-    return _dumps([FORMAT_VERSION, src, dst, int(kind), payload])
+    return seal_frame(_dumps([FORMAT_VERSION, src, dst, int(kind), payload]))
 
 
 def message_size_estimate(msg: Message) -> int:
@@ -275,7 +310,12 @@ def decode_frame(
     *,
     frame_size_bytes_max: int = FRAME_SIZE_BYTES_MAX,
 ) -> Frame:
-    """Decode and fully validate one frame. Raises only FrameError subclasses."""
+    """Decode and fully validate one frame. Raises only FrameError subclasses.
+
+    In order: the size limit, the version (from the first bytes, so a frame of
+    another release is counted as such whatever its layout), the checksum, and
+    only then the CBOR decoder and the field checks.
+    """
     size = len(data)
     if size > frame_size_bytes_max:
         raise FrameOversized(f"frame of {size} bytes > limit {frame_size_bytes_max}")
@@ -283,20 +323,72 @@ def decode_frame(
         raise FrameMalformed("empty frame")
     if type(data) is not bytes:
         data = bytes(data)
+    version = _peek_version(data)
+    if version not in SUPPORTED_VERSIONS:
+        raise FrameUnknownVersion(version)
+    body_size = size - CHECKSUM_BYTES
+    if body_size < 2:  # the array head and the version at least
+        raise FrameMalformed("frame too short for its checksum")
+    (expected,) = _unpack_crc(data, body_size)
+    with memoryview(data) as view:
+        actual = _crc32(view[:body_size])  # no copy of the body
+    if actual != expected:
+        raise FrameCorrupt(f"checksum mismatch: trailer {expected:#010x}, bytes {actual:#010x}")
     try:
-        fp = io.BytesIO(data)
+        fp = io.BytesIO(data)  # shares data's buffer; reading stops at the document's end
         doc = cbor2.CBORDecoder(fp, **_DECODER_OPTIONS).decode()
         consumed = fp.tell()
     except Exception as exc:  # cbor2 raises many kinds: all are the sender's fault
         raise FrameMalformed(f"not a CBOR document: {type(exc).__name__}: {exc}"[:300]) from None
     try:
-        if consumed != size:
-            raise FrameMalformed(f"{size - consumed} trailing bytes after the frame")
+        if consumed != body_size:
+            # Checksummed by the sender, so the sender encoded it so.
+            raise FrameMalformed(
+                f"{body_size - consumed} trailing bytes between the document and the checksum"
+                if consumed < body_size
+                else "the CBOR document runs into the checksum"
+            )
         return _validate_frame(doc)
     except FrameError:
         raise
     except Exception as exc:  # pragma: no cover - a validation bug; still the peer's data
         raise FrameMalformed(f"invalid frame: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _peek_version(data: bytes) -> int:
+    """The frame's version, read from the CBOR heads of its first bytes.
+
+    Every version's frame is a CBOR array whose first element is the version (an
+    unsigned int), so this works before knowing the layout (where the checksum
+    is, whether there is one). Raises FrameMalformed if `data` does not start so.
+    """
+    n = len(data)
+    head = data[0]
+    if head >> 5 != 4:  # CBOR major type 4: array
+        raise FrameMalformed("a frame is a CBOR array")
+    info = head & 31
+    if info == 0:
+        raise FrameMalformed("a frame is a non-empty CBOR array")
+    if info < 24 or info == 31:  # length in the head, or indefinite length
+        pos = 1
+    elif info <= 27:  # length in the next 1, 2, 4 or 8 bytes
+        pos = 1 + (1 << (info - 24))
+    else:
+        raise FrameMalformed("reserved CBOR array head")
+    if pos >= n:
+        raise FrameMalformed("truncated frame header")
+    head = data[pos]
+    if head >> 5 != 0:  # major type 0: unsigned int
+        raise FrameMalformed("the first element of a frame must be its version")
+    info = head & 31
+    if info < 24:
+        return info
+    if info > 27:
+        raise FrameMalformed("reserved CBOR integer head for the version")
+    end = pos + 1 + (1 << (info - 24))
+    if end > n:
+        raise FrameMalformed("truncated frame header")
+    return int.from_bytes(data[pos + 1 : end], "big")
 
 
 def _validate_frame(doc: Any) -> Frame:

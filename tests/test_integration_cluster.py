@@ -22,6 +22,7 @@ import pynng
 import pytest
 import trio
 
+from multiraft import wire
 from multiraft.client import ClientError, ClusterUnavailable, Timeout, coordinator_request, open_client
 from multiraft.lincheck import check_events
 from multiraft.localcluster import LocalCluster, caught_up
@@ -236,7 +237,9 @@ async def test_garbage_and_oversized_frames_are_dropped(cluster: LocalCluster) -
         with pynng.Push0(dial=url, block_on_dial=True, send_timeout=2000) as sock:
             sock.send(b"\x00garbage that is not cbor")
             sock.send(cbor2.dumps([99, "x/w0", "n1/w0", 1, []]))  # unknown version
-            sock.send(cbor2.dumps([1, "n2/w0", "n1/w0", 1, [0, 1, 2]]))  # truncated RAFT payload
+            sock.send(wire.seal_frame(cbor2.dumps([wire.FORMAT_VERSION, "n2/w0", "n1/w0", 1, [0, 1, 2]])))  # truncated RAFT payload
+            sock.send(cbor2.dumps([1, "n2/w0", "n1/w0", 1, []]))  # the old version 1, no checksum
+            sock.send(b"")  # an empty nng message (pynng cannot even recv it)
             sock.send(cbor2.dumps({"not": "a frame"}))
             sock.send(b"\xa1" * (17 << 20))  # oversized
             sock.send(os.urandom(4096))
@@ -266,7 +269,7 @@ async def test_garbage_and_oversized_frames_are_dropped(cluster: LocalCluster) -
 def _dropped(worker: dict) -> int:
     t = (worker.get("stats") or {}).get("transport") or {}
     return sum(t.get(k, 0) for k in ("frames_malformed", "frames_oversized", "frames_bad_version",
-                                     "frames_misaddressed"))
+                                     "frames_corrupted", "frames_misaddressed"))
 
 
 async def test_kill_worker_hosting_a_leader(cluster: LocalCluster) -> None:

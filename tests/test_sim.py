@@ -94,3 +94,23 @@ def test_sim_catches_stale_reads_with_the_linearizability_checker(monkeypatch):
     monkeypatch.setattr(raft_state.RaftState, "read_index", local_read)
     violation = _first_violation()
     assert violation is not None and "linearizab" in violation
+
+
+def test_sim_catches_a_decoder_that_ignores_the_frame_checksum(monkeypatch):
+    # A decoder that trusts whatever arrives: re-seal the damaged bytes so the
+    # checksum always matches, as if it were never checked.
+    from multiraft import wire
+
+    honest = wire.decode_frame
+
+    def trusting(data, **kw):
+        return honest(wire.seal_frame(bytes(data[: -wire.CHECKSUM_BYTES])), **kw)
+
+    monkeypatch.setattr(wire, "decode_frame", trusting)
+    violation = None
+    for seed in PLANTED_BUG_SEEDS:
+        result = run_seed(seed, chaos_steps=1500)
+        if not result.ok:
+            violation = result.violation
+            break
+    assert violation is not None and "flipped was accepted" in violation

@@ -22,6 +22,11 @@ FAST = dict(reconnect_time_min_ms=10, reconnect_time_max_ms=40, stall_check_seco
 BOUND = 10  # seconds: generous upper bound for anything below
 
 
+def sealed(doc) -> bytes:
+    """A frame of `doc` with a correct checksum, as a peer would send it."""
+    return wire.seal_frame(cbor2.dumps(doc))
+
+
 def append(i: int, data: bytes = b"x" * 16, frm: str = "n1", to: str = "n2") -> Message:
     return Message(MessageType.APPEND, frm, to, 3, 1, i, (Entry(2, i + 1, 0, data),), i)
 
@@ -135,11 +140,12 @@ async def test_bad_frames_are_counted_and_dropped_and_delivery_goes_on():
         raw.dial(b.listen_url, block=True)
         try:
             ok_msg = append(1)
+            V = wire.FORMAT_VERSION
             raw.send(b"\xff\x00 this is not cbor")
-            raw.send(cbor2.dumps([1, A, B, 1, [1, 2, 3]]))  # truncated message
-            raw.send(cbor2.dumps([1, A, B, 1, [0, 14, "n1", "n2", 1, 0, 0, 0, 0, False, 0, None, None]]))
+            raw.send(sealed([V, A, B, 1, [1, 2, 3]]))  # truncated message
+            raw.send(sealed([V, A, B, 1, [0, 14, "n1", "n2", 1, 0, 0, 0, 0, False, 0, None, None]]))
             raw.send(b"\x00" * (limit + 1))  # oversized, but within nng's hard cap
-            raw.send(cbor2.dumps([2, A, B, 1, []]))  # a newer format version
+            raw.send(sealed([V + 1, A, B, 1, []]))  # a newer format version
             raw.send(encode_raft_batch(A, "n9/w9", [(1, ok_msg)]))  # someone else's
             raw.send(encode_raft_batch(A, B, [(1, ok_msg)]))  # fine, from a raw socket
             await wait_until(
@@ -350,3 +356,54 @@ async def test_unencodable_message_is_dropped_alone():
         assert a.send(B, 1, append(3))
         assert await collect(b, 2) == [(1, append(1)), (1, append(3))]
         assert a.stats()["dropped_unencodable"] == 1
+
+
+@asynccontextmanager
+async def raw_sender_to(transport: Transport):
+    """A bare pynng socket dialed to `transport`: sends whatever bytes a test likes."""
+    raw = pynng.Push0(send_timeout=2000)
+    raw.dial(transport.listen_url, block=True)
+    try:
+        yield raw
+    finally:
+        raw.close()
+
+
+def flip_bit(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+async def test_corrupted_frames_are_dropped_counted_and_the_transport_keeps_working():
+    async with connected_pair() as (a, b), raw_sender_to(b) as raw:
+        good = encode_raft_batch(A, B, [(1, append(7, b"v" * 64))])
+        # A bit flipped in an entry's data, in its index, in the checksum itself.
+        value_bit = 8 * good.index(b"v" * 64) + 3
+        for bit in (value_bit, 8 * 30, len(good) * 8 - 1):
+            raw.send(flip_bit(good, bit))
+        raw.send(good)  # the same frame intact: delivered
+        assert await collect(b, 1) == [(1, append(7, b"v" * 64))]
+        await wait_until(lambda: b.stats()["frames_corrupted"] == 3)
+        s = b.stats()
+        assert s["frames_received"] == 1 and s["messages_received"] == 1
+        assert s["frames_malformed"] == s["frames_bad_version"] == 0
+        # Normal traffic goes on over the peer connection.
+        for i in range(50):
+            assert a.send(B, 2, append(i))
+        assert await collect(b, 50) == [(2, append(i)) for i in range(50)]
+        assert b.stats()["frames_corrupted"] == 3
+
+
+async def test_zero_length_message_does_not_kill_the_receive_loop():
+    # pynng's recv raises RuntimeError ("cannot use unpack() on <cdata 'char *'
+    # NULL>") for an empty nng message; the loop must count it and go on.
+    async with connected_pair() as (a, b), raw_sender_to(b) as raw:
+        raw.send(b"")
+        raw.send(b"")
+        raw.send(encode_raft_batch(A, B, [(3, append(1))]))
+        assert await collect(b, 1) == [(3, append(1))]
+        assert b.stats()["frames_malformed"] == 2
+        for i in range(20):
+            assert a.send(B, 4, append(i))
+        assert await collect(b, 20) == [(4, append(i)) for i in range(20)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +26,7 @@ from multiraft.wire import (
     FrameKind,
     FrameMalformed,
     FrameOversized,
+    FrameCorrupt,
     FrameUnknownVersion,
     decode_frame,
     encode_frame,
@@ -31,6 +34,7 @@ from multiraft.wire import (
 )
 
 SRC, DST = "n1/w0", "n2/w3"
+V = FORMAT_VERSION
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -206,10 +210,15 @@ def sample_messages():
 SAMPLES = sample_messages()
 
 
+def sealed(doc) -> bytes:
+    """A frame of `doc`, as a peer would send it: CBOR then the checksum."""
+    return wire.seal_frame(cbor2.dumps(doc))
+
+
 def valid_doc():
     """A valid RAFT frame as the plain CBOR structure, for targeted corruption."""
     items = [(1, SAMPLES[MessageType.HEARTBEAT]), (2, SAMPLES[MessageType.APPEND])]
-    return cbor2.loads(encode_raft_batch(SRC, DST, items))
+    return cbor2.loads(encode_raft_batch(SRC, DST, items)[:-wire.CHECKSUM_BYTES])
 
 
 # ---------------------------------------------------------------------------
@@ -314,6 +323,73 @@ def test_size_estimate_is_near_the_encoded_size():
 
 
 # ---------------------------------------------------------------------------
+# The checksum
+
+
+def small_frame() -> bytes:
+    """A small frame whose every byte matters: an entry, a vote, a snapshot chunk."""
+    items = [
+        (1, SAMPLES[MessageType.APPEND]),
+        (2, SAMPLES[MessageType.VOTE]),
+        (3, SAMPLES[MessageType.SNAPSHOT]),
+    ]
+    return encode_raft_batch(SRC, DST, items)
+
+
+def test_frame_is_its_cbor_document_then_a_big_endian_crc32_of_it():
+    data = small_frame()
+    body, trailer = data[: -wire.CHECKSUM_BYTES], data[-wire.CHECKSUM_BYTES :]
+    assert wire.CHECKSUM_BYTES == 4
+    assert trailer == zlib.crc32(body).to_bytes(4, "big")
+    assert cbor2.loads(body)[:4] == [FORMAT_VERSION, SRC, DST, int(FrameKind.RAFT)]
+    assert wire.seal_frame(body) == data
+    generic = encode_frame(FrameKind.ADMIN, SRC, DST, ["status"])
+    assert generic == wire.seal_frame(cbor2.dumps([FORMAT_VERSION, SRC, DST, 4, ["status"]]))
+
+
+def test_a_frame_with_a_correct_checksum_decodes_as_before():
+    data = small_frame()
+    frame = decode_frame(data)
+    assert frame.payload == [
+        (1, SAMPLES[MessageType.APPEND]),
+        (2, SAMPLES[MessageType.VOTE]),
+        (3, SAMPLES[MessageType.SNAPSHOT]),
+    ]
+    assert frame.version == FORMAT_VERSION == 2
+    assert wire.SUPPORTED_VERSIONS == {2}
+
+
+def test_every_single_bit_flip_is_rejected_and_never_yields_messages():
+    data = small_frame()
+    corrupted = 0
+    for bit in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(FrameError) as info:
+            decode_frame(bytes(flipped))
+        corrupted += isinstance(info.value, FrameCorrupt)
+    # Almost all of them are caught by the checksum (the rest by the header
+    # checks that run first: the array head and the version).
+    assert corrupted >= len(data) * 8 - 16
+
+
+def test_a_flipped_bit_in_an_entry_is_a_checksum_mismatch():
+    data = bytearray(small_frame())
+    pos = bytes(data).index(b"x" * 16)  # the APPEND's entry data
+    data[pos] ^= 0x04
+    with pytest.raises(FrameCorrupt, match="checksum") as info:
+        decode_frame(bytes(data))
+    assert info.value.stat == "frames_corrupted"
+
+
+def test_a_flipped_bit_in_the_checksum_itself_is_a_mismatch():
+    data = bytearray(small_frame())
+    data[-1] ^= 0x80
+    with pytest.raises(FrameCorrupt):
+        decode_frame(bytes(data))
+
+
+# ---------------------------------------------------------------------------
 # Rejections: each fault has its own FrameError subclass
 
 
@@ -321,10 +397,12 @@ def test_error_classes_name_their_counter():
     assert issubclass(FrameMalformed, FrameError)
     assert issubclass(FrameOversized, FrameError)
     assert issubclass(FrameUnknownVersion, FrameError)
-    assert {FrameMalformed.stat, FrameOversized.stat, FrameUnknownVersion.stat} == {
+    assert issubclass(FrameCorrupt, FrameError)
+    assert {FrameMalformed.stat, FrameOversized.stat, FrameUnknownVersion.stat, FrameCorrupt.stat} == {
         "frames_malformed",
         "frames_oversized",
         "frames_bad_version",
+        "frames_corrupted",
     }
 
 
@@ -346,13 +424,22 @@ def test_default_limit():
 
 @pytest.mark.parametrize(
     "doc",
-    [[2, SRC, DST, 1, []], [0], [99, "anything", "goes"], [2**40, None], [FORMAT_VERSION + 1]],
+    [[1, SRC, DST, 1, []], [0], [99, "anything", "goes"], [2**40, None], [FORMAT_VERSION + 1]],
     ids=repr,
 )
-def test_unknown_versions(doc):
+def test_unknown_versions_are_refused_with_or_without_a_checksum(doc):
+    for data in (cbor2.dumps(doc), sealed(doc)):
+        with pytest.raises(FrameUnknownVersion) as info:
+            decode_frame(data)
+        assert info.value.version == doc[0]
+
+
+def test_a_version_1_frame_is_refused_as_an_old_version():
+    # What the previous release sends: the same document, version 1, no checksum.
+    old = cbor2.dumps([1, SRC, DST, 1, valid_doc()[4]])
     with pytest.raises(FrameUnknownVersion) as info:
-        decode_frame(cbor2.dumps(doc))
-    assert info.value.version == doc[0]
+        decode_frame(old)
+    assert info.value.version == 1 and info.value.stat == "frames_bad_version"
 
 
 def test_accepts_bytearray_and_memoryview():
@@ -360,17 +447,24 @@ def test_accepts_bytearray_and_memoryview():
     assert decode_frame(bytearray(data)) == decode_frame(memoryview(data)) == decode_frame(data)
 
 
-def test_every_truncation_is_malformed():
+def test_every_truncation_is_rejected():
     data = encode_raft_batch(SRC, DST, [(1, m) for m in SAMPLES.values()])
     for cut in range(len(data)):
-        with pytest.raises(FrameMalformed):
+        with pytest.raises((FrameMalformed, FrameCorrupt)):
             decode_frame(data[:cut])
+    # Truncated before sealing, so only the decoder can tell.
+    body = data[: -wire.CHECKSUM_BYTES]
+    for cut in range(2, len(body)):
+        with pytest.raises(FrameMalformed):
+            decode_frame(wire.seal_frame(body[:cut]))
 
 
-def test_trailing_bytes_are_malformed():
+def test_trailing_bytes_are_rejected():
     data = encode_raft_batch(SRC, DST, [(1, SAMPLES[MessageType.VOTE])])
+    with pytest.raises(FrameCorrupt):
+        decode_frame(data + b"\x00")  # the checksum is no longer the last 4 bytes
     with pytest.raises(FrameMalformed, match="trailing"):
-        decode_frame(data + b"\x00")
+        decode_frame(wire.seal_frame(data[: -wire.CHECKSUM_BYTES] + b"\x00"))
 
 
 def _mutated(path, value):
@@ -389,21 +483,21 @@ BAD_DOCS = {
     "empty array": [],
     "version is bool": [True, SRC, DST, 1, []],
     "version is text": ["1", SRC, DST, 1, []],
-    "four elements": [1, SRC, DST, 1],
-    "six elements": [1, SRC, DST, 1, [], None],
-    "src not text": [1, 5, DST, 1, []],
-    "src empty": [1, "", DST, 1, []],
-    "dst too long": [1, SRC, "x" * 65, 1, []],
-    "unknown kind": [1, SRC, DST, 99, []],
-    "kind is bool": [1, SRC, DST, True, []],
-    "raft payload is a map": [1, SRC, DST, 1, {}],
-    "truncated header": [1, SRC, DST, 1, [1, 7, "n1", "n2", 3]],
-    "generic payload scalar": [1, SRC, DST, 2, "x"],
-    "generic payload with a datetime": [1, SRC, DST, 3, [{"a": cbor2.CBORTag(1, 0)}]],
-    "generic payload with a set": [1, SRC, DST, 4, [{1, 2}]],
-    "generic payload with undefined": [1, SRC, DST, 4, [cbor2.undefined]],
-    "generic payload with unknown tag": [1, SRC, DST, 4, [cbor2.CBORTag(4242, 1)]],
-    "generic payload with huge int": [1, SRC, DST, 4, [2**80]],
+    "four elements": [V, SRC, DST, 1],
+    "six elements": [V, SRC, DST, 1, [], None],
+    "src not text": [V, 5, DST, 1, []],
+    "src empty": [V, "", DST, 1, []],
+    "dst too long": [V, SRC, "x" * 65, 1, []],
+    "unknown kind": [V, SRC, DST, 99, []],
+    "kind is bool": [V, SRC, DST, True, []],
+    "raft payload is a map": [V, SRC, DST, 1, {}],
+    "truncated header": [V, SRC, DST, 1, [1, 7, "n1", "n2", 3]],
+    "generic payload scalar": [V, SRC, DST, 2, "x"],
+    "generic payload with a datetime": [V, SRC, DST, 3, [{"a": cbor2.CBORTag(1, 0)}]],
+    "generic payload with a set": [V, SRC, DST, 4, [{1, 2}]],
+    "generic payload with undefined": [V, SRC, DST, 4, [cbor2.undefined]],
+    "generic payload with unknown tag": [V, SRC, DST, 4, [cbor2.CBORTag(4242, 1)]],
+    "generic payload with huge int": [V, SRC, DST, 4, [2**80]],
     "group negative": _mutated((4, 0), -1),
     "group too big": _mutated((4, 0), 2**63),
     "group bool": _mutated((4, 0), True),
@@ -434,7 +528,7 @@ BAD_DOCS = {
 
 
 def _snapshot_doc(snapshot_field):
-    doc = cbor2.loads(encode_raft_batch(SRC, DST, [(1, SAMPLES[MessageType.SNAPSHOT])]))
+    doc = cbor2.loads(encode_raft_batch(SRC, DST, [(1, SAMPLES[MessageType.SNAPSHOT])])[:-wire.CHECKSUM_BYTES])
     doc[4][12] = snapshot_field
     return doc
 
@@ -463,14 +557,14 @@ for _name, _field in BAD_SNAPSHOT_FIELDS.items():
 
 
 def test_the_corruption_base_is_valid():
-    assert decode_frame(cbor2.dumps(valid_doc())).payload
-    assert decode_frame(cbor2.dumps(_snapshot_doc([[1, 1, GOOD_CONF], 0, b"", True]))).payload
+    assert decode_frame(sealed(valid_doc())).payload
+    assert decode_frame(sealed(_snapshot_doc([[1, 1, GOOD_CONF], 0, b"", True]))).payload
 
 
 @pytest.mark.parametrize("name", list(BAD_DOCS))
 def test_bad_shapes_are_malformed(name):
     with pytest.raises(FrameMalformed):
-        decode_frame(cbor2.dumps(BAD_DOCS[name]))
+        decode_frame(sealed(BAD_DOCS[name]))
 
 
 @pytest.mark.parametrize(
@@ -479,7 +573,7 @@ def test_bad_shapes_are_malformed(name):
         b"",
         b"\xff",
         b"\x1c",  # reserved additional info
-        b"\x9f\x01",  # unterminated indefinite array
+        bytes([0x9F, FORMAT_VERSION]),  # unterminated indefinite array
         b"\x81" * 5000 + b"\x01",  # nesting far too deep
         bytes.fromhex("d81c81d81d00"),  # a shared reference cycle
         bytes.fromhex("c11b7fffffffffffffff"),  # an epoch datetime out of range
@@ -494,6 +588,8 @@ def test_bad_shapes_are_malformed(name):
 )
 def test_hostile_cbor_is_malformed(data):
     with pytest.raises(FrameMalformed):
+        decode_frame(wire.seal_frame(data))
+    with pytest.raises(FrameError):
         decode_frame(data)
 
 
@@ -505,6 +601,7 @@ def test_hostile_cbor_is_malformed(data):
 @FUZZ
 def test_fuzz_random_bytes(data):
     decode_or_frame_error(data)
+    decode_or_frame_error(wire.seal_frame(data))
 
 
 @given(garbage_values)
@@ -515,7 +612,8 @@ def test_fuzz_random_cbor(value):
     except Exception:
         return
     decode_or_frame_error(data)
-    decode_or_frame_error(cbor2.dumps([1, SRC, DST, 1, value]))
+    decode_or_frame_error(sealed(value))
+    decode_or_frame_error(sealed([V, SRC, DST, 1, value]))
 
 
 scalars = st.one_of(
@@ -541,7 +639,7 @@ def test_fuzz_structured_mutations(data):
             del payload[pos]
     if data.draw(st.booleans()):
         doc[data.draw(st.integers(0, 3))] = data.draw(scalars)
-    decode_or_frame_error(cbor2.dumps(doc))
+    decode_or_frame_error(sealed(doc))
 
 
 @given(st.data())
@@ -549,16 +647,21 @@ def test_fuzz_structured_mutations(data):
 def test_fuzz_flat_random_payloads(data):
     """Payloads of plausible scalars, so validation (not CBOR) does the rejecting."""
     payload = data.draw(st.lists(scalars, max_size=40))
-    decode_or_frame_error(cbor2.dumps([1, SRC, DST, 1, payload]))
+    decode_or_frame_error(sealed([V, SRC, DST, 1, payload]))
 
 
 @given(st.lists(st.tuples(anyint, messages()), max_size=4), st.data())
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_fuzz_byte_flips(items, data):
-    encoded = bytearray(encode_raft_batch(SRC, DST, items))
+    original = encode_raft_batch(SRC, DST, items)
+    encoded = bytearray(original)
     for _ in range(data.draw(st.integers(1, 3))):
         pos = data.draw(st.integers(0, len(encoded) - 1))
         encoded[pos] = data.draw(st.integers(0, 255))
-    decode_or_frame_error(bytes(encoded))
+    result = decode_or_frame_error(bytes(encoded))
+    if sum(a != b for a, b in zip(original, encoded)) == 1:
+        # One changed byte is an error burst of at most 8 bits: CRC-32 catches
+        # every one, so the frame can only be rejected.
+        assert isinstance(result, FrameError), result
     cut = data.draw(st.integers(0, len(encoded)))
     decode_or_frame_error(bytes(encoded[:cut]))

@@ -45,6 +45,9 @@ class SimOptions:
     liveness_steps: int = 6000
     steps_per_tick: int = 10
     election_tick: int = 10
+    # Per-message chance that a frame is damaged on the way: one bit flipped in
+    # its real wire encoding, which the real decoder must reject.
+    corrupt_rate: float = 0.0
 
     @classmethod
     def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> "SimOptions":
@@ -77,6 +80,7 @@ class SimOptions:
             read_fraction=rng.choice([0.2, 0.5]),
             wipe_removed=rng.random() < 0.6,
             chaos_steps=chaos_steps,
+            corrupt_rate=rng.choice([0.0, 0.0, 0.002, 0.01]),
         )
 
     def describe(self) -> str:

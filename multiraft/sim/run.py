@@ -36,6 +36,7 @@ REPORTED_COUNTERS = (
     "partitions",
     "ops_checked",
     "replicas_readded",
+    "frames_corrupted",
 )
 
 
@@ -57,7 +58,9 @@ class Sim:
         self.rng = random.Random(seed)
         self.options = options or SimOptions.draw(self.rng, chaos_steps)
         o = self.options
-        self.network = SimNetwork(self.rng, o.drop_rate, o.dup_rate, o.delay_steps_max)
+        self.network = SimNetwork(
+            self.rng, o.drop_rate, o.dup_rate, o.delay_steps_max, corrupt_rate=o.corrupt_rate
+        )
         self.safety = SafetyChecker()
         self.counters: collections.Counter[str] = collections.Counter()
         self.nodes = {f"n{i + 1}": SimNode(f"n{i + 1}", o, self.rng) for i in range(o.nodes)}
@@ -356,6 +359,7 @@ class Sim:
                 self.counters.update(r.raft.counters)
         self.counters["messages_sent"] = self.network.sent
         self.counters["messages_dropped"] = self.network.dropped
+        self.counters["frames_corrupted"] = self.network.corrupted
 
 
 def run_seed(seed: int, chaos_steps: int = 6000) -> SimResult:
