@@ -43,7 +43,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def drive(cluster: list[str], clients: int, seconds: float, warmup: float, value_size: int,
-                reads: float, keys: int, seed: int) -> dict:
+                reads: float, keys: int, seed: int, lease: bool = False) -> dict:
     """Run `clients` loops; return counts and latencies of the measured window."""
     rng = random.Random(seed)
     result: dict[str, Any] = {"writes": 0, "reads": 0, "errors": 0, "write_lat": [], "read_lat": [],
@@ -61,7 +61,7 @@ async def drive(cluster: list[str], clients: int, seconds: float, warmup: float,
                 t0 = time.perf_counter()
                 try:
                     if is_read:
-                        await client.get(key)
+                        await client.get(key, lease=lease)
                     else:
                         await client.put(key, r.randbytes(value_size))
                 except ClientError as exc:
@@ -107,14 +107,15 @@ def run_clients(cluster: list[str], args: argparse.Namespace) -> dict:
     procs = max(1, min(args.client_procs, args.clients))
     if procs == 1:
         return trio.run(drive, cluster, args.clients, args.seconds, args.warmup, args.value_size,
-                        args.reads, args.keys, 1)
+                        args.reads, args.keys, 1, args.lease_reads)
     ctx = multiprocessing.get_context("spawn")
     children = []
     for p in range(procs):
         n = args.clients // procs + (1 if p < args.clients % procs else 0)
         parent, child = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_proc_main, args=(child, (cluster, n, args.seconds, args.warmup,
-                                                            args.value_size, args.reads, args.keys, p + 1)))
+                                                            args.value_size, args.reads, args.keys, p + 1,
+                                                            args.lease_reads)))
         proc.start()
         child.close()
         children.append((proc, parent))
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-procs", type=int, default=1, help="client processes sharing the loops")
     p.add_argument("--value-size", type=int, default=16)
     p.add_argument("--reads", type=float, default=0.0, help="fraction of operations that are gets")
+    p.add_argument("--lease-reads", action="store_true",
+                   help="gets are leader-lease reads (no quorum round) instead of ReadIndex")
     p.add_argument("--keys", type=int, default=100_000, help="key space size")
     p.add_argument("--no-sync", action="store_true", help="nodes skip fsync (UNSAFE; for comparison)")
     p.add_argument("--tick-ms", type=int, default=100)
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "client_procs": args.client_procs,
         "value_size": args.value_size,
         "reads_fraction": args.reads,
+        "lease_reads": args.lease_reads,
         "sync_on_write": not args.no_sync,
         "seconds": round(secs, 3),
         "writes": r["writes"],
