@@ -34,6 +34,7 @@ REPORTED_COUNTERS = (
     "crashes",
     "partitions",
     "ops_checked",
+    "sessions_expired",
 )
 
 
