@@ -30,17 +30,25 @@ How it works (docs/operations.md has the details):
   request id). A `not_leader` answer's hint is followed at once; `busy`,
   `timeout`, lost connections and unknown leaders are retried with jittered
   exponential backoff until the operation's deadline.
-- Exactly-once writes: a write carries (client_id, seq). The KV state
-  machine remembers only the *last* seq of each client per group, so a
-  client may have only one write of a session in flight; this client keeps a
-  pool of sessions (a random 63-bit client_id each, seq increasing) and gives
-  each write in flight its own. A retry keeps its seq, so the write applies
-  once however often it is sent.
+- Exactly-once writes: a write carries (client_id, seq). Sessions are
+  registered through the group's log (op "register": the id is the log index
+  of the Register entry) and the KV state machine remembers only the *last*
+  seq of each session, so a session has one write in flight at a time; this
+  client keeps a pool of registered sessions per group and gives each write
+  in flight its own (one Register round trip per new session, none per
+  write). A retry keeps its seq, so the write applies once however often it
+  is sent. A group that evicted a session answers "session_expired" and
+  applies nothing: if that was the write's first send, it provably did not
+  apply, and the client registers a new session and sends it again; if the
+  write had been sent before (a retry after a timeout or a lost connection),
+  an earlier attempt may have applied, and the client raises `UnknownOutcome`
+  rather than retry under a new session (which could apply it twice).
 - Errors: `get` of a missing key returns None (not an error). Past the
   deadline a write raises `Timeout` with ``outcome_unknown=True`` if it may
-  have been applied (it was sent and no answer settled it); a request that
-  never reached any replica raises `ClusterUnavailable`; a malformed request
-  raises `RequestError`. All are `ClientError`.
+  have been applied (it was sent and no answer settled it); `UnknownOutcome`
+  (also ``outcome_unknown=True``) as above; a request that never reached any
+  replica raises `ClusterUnavailable`; a malformed request raises
+  `RequestError`. All are `ClientError`.
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ import trio
 
 from multiraft import protocol
 from multiraft.nodeconfig import ConfigError, format_address, parse_address
-from multiraft.protocol import BUSY, ERROR, NO_GROUP, NOT_LEADER, OK, TIMEOUT
+from multiraft.protocol import BUSY, ERROR, NO_GROUP, NOT_LEADER, OK, SESSION_EXPIRED, TIMEOUT
 from multiraft.sharding import group_for_key
 
 __all__ = [
@@ -68,6 +76,7 @@ __all__ = [
     "RequestError",
     "SyncClient",
     "Timeout",
+    "UnknownOutcome",
     "WrongValue",
     "open_client",
     "open_connection",
@@ -80,6 +89,9 @@ ATTEMPT_TIMEOUT_S = 3.0
 ROUTING_REFRESH_S = 1.0
 BACKOFF_MIN_S = 0.01
 BACKOFF_MAX_S = 0.5
+# New sessions one write may use up when the group evicts each before the
+# write lands (a group whose session table churns faster than one round trip).
+SESSION_RENEWALS_MAX = 3
 _READ_SIZE = 1 << 16
 
 
@@ -100,6 +112,19 @@ class Timeout(ClientError):
     def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
         super().__init__(message)
         self.outcome_unknown = outcome_unknown
+
+
+class UnknownOutcome(ClientError):
+    """A write that had been sent before came back "session expired": an
+    earlier attempt may have applied before the group evicted the session, or
+    not. It is not retried (under a new session it could apply twice): read
+    the key to find out."""
+
+    outcome_unknown = True
+
+
+class _SessionExpired(Exception):
+    """Internal: the write's first send met an expired session (not applied)."""
 
 
 class RequestError(ClientError):
@@ -371,8 +396,12 @@ class Client:
         self._conns: dict[str, Connection] = {}
         self._connecting: dict[str, trio.Event] = {}
         self._leaders: dict[int, str] = {}
-        self._free_sessions: list[_Session] = []
-        self.stats = {"requests": 0, "retries": 0, "redirects": 0, "timeouts": 0}
+        # group -> registered sessions with no write in flight
+        self._free_sessions: dict[int, list[_Session]] = {}
+        self.stats = {
+            "requests": 0, "retries": 0, "redirects": 0, "timeouts": 0,
+            "sessions_registered": 0, "sessions_expired": 0,
+        }
         self._closed = False
 
     # --- routing ---
@@ -500,8 +529,21 @@ class Client:
         top = min(BACKOFF_MAX_S, BACKOFF_MIN_S * (2 ** min(attempt, 10)))
         return top * (0.5 + 0.5 * self._rng.random())
 
-    async def _execute(self, group: int, build, *, write: bool, timeout_s: float | None, what: str) -> Any:
-        deadline = trio.current_time() + (self.timeout_s if timeout_s is None else timeout_s)
+    def _deadline(self, timeout_s: float | None) -> float:
+        return trio.current_time() + (self.timeout_s if timeout_s is None else timeout_s)
+
+    async def _execute(
+        self,
+        group: int,
+        build,
+        *,
+        write: bool,
+        timeout_s: float | None = None,
+        what: str,
+        deadline: float | None = None,
+    ) -> Any:
+        if deadline is None:
+            deadline = self._deadline(timeout_s)
         uncertain = False  # a write was sent and nothing settled it
         reached = False  # some worker answered
         attempt = 0
@@ -616,6 +658,13 @@ class Client:
                 with trio.move_on_at(deadline):
                     await trio.sleep(self._backoff(failures))
                 continue
+            if status == SESSION_EXPIRED:
+                if uncertain:
+                    raise UnknownOutcome(
+                        f"{what}: outcome unknown: an earlier attempt may have applied before "
+                        f"the group evicted its session ({node}: {payload})"
+                    )
+                raise _SessionExpired(payload)
             if status == ERROR:
                 raise RequestError(f"{what}: {node} refused the request: {payload}")
             problem = f"{node}: unexpected status {status!r}"
@@ -623,26 +672,50 @@ class Client:
             with trio.move_on_at(deadline):
                 await trio.sleep(self._backoff(failures))
 
+    async def _session(self, group: int, deadline: float) -> _Session:
+        """A registered session of `group` with no write in flight."""
+        free = self._free_sessions.get(group)
+        if free:
+            return free.pop()
+        # Not a write: a lost answer leaves at most an unused session behind.
+        body = ["register", group]
+        client_id = await self._execute(
+            group, lambda: body, write=False, deadline=deadline, what=f"register a session in group {group}"
+        )
+        if type(client_id) is not int or client_id < 1:
+            raise RequestError(f"group {group} registered a session with a bad id {client_id!r}")
+        self.stats["sessions_registered"] += 1
+        return _Session(client_id)
+
     async def _write(self, group: int, op: str, args: list, timeout_s: float | None, what: str) -> Any:
-        if self._free_sessions:
-            session = self._free_sessions.pop()
-        else:
-            session = _Session(self._rng.getrandbits(63) or 1)
-        seq = session.next_seq
-        session.next_seq += 1
-        body = [op, group, *args, session.client_id, seq]
-        try:
-            result = await self._execute(group, lambda: body, write=True, timeout_s=timeout_s, what=what)
-        except Timeout as exc:
-            if exc.outcome_unknown:
-                raise  # the session may still have a request in flight: drop it
-            self._free_sessions.append(session)
-            raise
-        except ClientError:
-            self._free_sessions.append(session)
-            raise
-        self._free_sessions.append(session)
-        return result
+        deadline = self._deadline(timeout_s)
+        for _ in range(SESSION_RENEWALS_MAX + 1):
+            session = await self._session(group, deadline)
+            seq = session.next_seq
+            session.next_seq += 1
+            body = [op, group, *args, session.client_id, seq]
+            try:
+                result = await self._execute(group, lambda: body, write=True, deadline=deadline, what=what)
+            except _SessionExpired:
+                # The first send met an evicted session: not applied. The
+                # session is gone; a new one may send the write again.
+                self.stats["sessions_expired"] += 1
+                continue
+            except UnknownOutcome:
+                self.stats["sessions_expired"] += 1
+                raise  # the session is gone: drop it
+            except ClientError:
+                # Also after a Timeout with an unknown outcome: seqs only grow,
+                # so a late copy of this write, if it arrives after the next
+                # write of the session, is stale and never applies.
+                self._free_sessions.setdefault(group, []).append(session)
+                raise
+            self._free_sessions.setdefault(group, []).append(session)
+            return result
+        raise Timeout(
+            f"{what}: group {group} evicted {SESSION_RENEWALS_MAX + 1} new sessions before "
+            "the write could use them (sessions_max too small for the writers): not applied"
+        )
 
     # --- the API ---
 

@@ -18,14 +18,14 @@ the writes added for the Redis front-end (docs/resp.md): `PutMany(items)`
 (several puts and deletes of one group in one entry: MSET, DEL),
 `Incr(key, delta)` (INCRBY on a decimal int64 value, as Redis parses them),
 `Append(key, suffix)` and `PutIf(key, value, condition)` (SET NX/XX/GET,
-GETSET, SETNX).
+GETSET, SETNX). `Register()` opens a session (below).
 `Get(key)` may also travel through the log (e.g. for a simulator that wants
 reads ordered like writes); `Noop()` does nothing. Empty data (`b""`, a new
 leader's empty entry) is also a no-op.
 
-Command format, version 1 (all integers big-endian, unsigned)::
+Command format, version 2 (all integers big-endian, unsigned)::
 
-    u8 version (=1) | u8 op | body
+    u8 version (=2) | u8 op | body
     NOOP   (op 0): nothing
     PUT    (op 1): u64 client_id | u64 seq | blob key | blob value
     DELETE (op 2): u64 client_id | u64 seq | blob key
@@ -36,54 +36,85 @@ Command format, version 1 (all integers big-endian, unsigned)::
     APPEND (op 7): u64 client_id | u64 seq | blob key | blob suffix
     PUT_IF (op 8): u64 client_id | u64 seq | blob key | blob value | u8 condition
                    (0 always, 1 only if absent, 2 only if present)
+    REGISTER (op 9): nothing
     blob = u32 length | bytes;   opt = u8 0 (None) | u8 1, blob
 
 A command decodes only if it is exactly this, with nothing after it, and its
 key and value fit the limits. Anything else applies as `InvalidCommand` and
 changes nothing but `applied_index`.
 
+Version 1 (ops 0 to 8, the same bodies) came before registered sessions; its
+client ids were random numbers the client chose. A version-1 entry still in a
+log decodes with `client_id = 0`: it applies without a session, as it would
+have the first time (a retry that the old table would have answered from its
+cache applies again: upgrade a group while no writes are in flight).
+
 Exactly-once sessions
 ---------------------
-`client_id == 0` means "no session": the command always applies. Otherwise
-the session table remembers, per client, the last applied `seq`, the index it
-was applied at and its result:
+A client opens a session with `Register()`; the result `Registered(client_id)`
+gives the session's id, which is **the log index of the Register entry**. Ids
+are therefore unique forever: a session that was evicted is never revived, a
+delayed duplicate Register opens another, empty session (harmless: it only
+takes a slot until it ages out), and no old command can match a newer session.
 
+Per session the table remembers the last applied `seq`, the index it was
+applied at (the Register's index before the first write) and its result. A
+write with `client_id != 0`:
+
+- no such session (never registered, or evicted): `SessionExpired`, nothing
+  applies. The client cannot know whether an earlier attempt applied (see
+  multiraft.client: it re-registers, and reports "unknown outcome" for a write
+  it had sent before);
 - `seq == last seq`: a retry; the cached result is returned, nothing applies;
 - `seq <  last seq`: a stale, delayed request; `StaleRequest` is returned,
   nothing applies, the session is unchanged;
-- `seq >  last seq` (or no session): the command applies; the session records
-  it.
+- `seq >  last seq`: the command applies; the session records it.
 
-The table holds at most `sessions_max` clients. When a new client arrives at a
-full table, the session with the oldest last-applied index is evicted. Indexes
-are unique per entry, so there are no ties and every replica evicts the same
-client. An evicted client's retry is treated as new and applies again: size
-`sessions_max` above the number of clients concurrently writing to one group.
-Cached results include `CasResult.current`, so the table may hold up to
-`sessions_max` values.
+`client_id == 0` means "no session": the command always applies, once per log
+entry. The client (and so the Redis front-end) never sends it; tests, tools
+and version-1 entries do.
 
-Configuration (`sessions_max`, `key_size_bytes_max`, `value_size_bytes_max`)
-decides results, so it must be the same on every replica of a group.
+The table holds at most `sessions_max` sessions. A `Register` at a full table
+evicts the session with the oldest last-applied index (indexes are unique per
+entry: no ties, every replica evicts the same one). Expiry is thus by log
+position only, never by a replica's clock. `sessions_max == 0` keeps no
+session: every session write is refused.
 
-Snapshot format, version 1 (big-endian, no checksum: the snapshot store and
+Memory: a cached result keeps what a retry needs and no more. A successful
+CAS keeps no value (a retry carries `new` again); a failed CAS keeps the value
+it found and a `PutIf` the previous value. The values cached by all sessions
+together are at most `session_values_bytes_max` bytes (>= the value size
+limit): caching one beyond it evicts the oldest other sessions until it fits.
+So a group's session table holds at most `sessions_max` entries of about 200
+bytes plus `session_values_bytes_max` bytes of values (2 MB + 16 MiB by
+default).
+
+Configuration (`sessions_max`, `session_values_bytes_max`,
+`key_size_bytes_max`, `value_size_bytes_max`) decides results, so it must be
+the same on every replica of a group.
+
+Snapshot format, version 2 (big-endian, no checksum: the snapshot store and
 the transport checksum it; every length and count is checked, the encoding is
 canonical and nothing may follow it)::
 
-    b"MRKV" | u8 version (=1) | u64 applied_index
+    b"MRKV" | u8 version (=2) | u64 applied_index
     u32 session_count, then per session in increasing last_index:
-        u64 client_id (!= 0) | u64 last_seq | u64 last_index (<= applied_index)
-        | result: u8 tag, then
+        u64 client_id (!= 0, <= last_index) | u64 last_seq | u64 last_index
+        (<= applied_index) | result: u8 tag, then
+            tag 0 none (a registered session with no write yet; last_seq 0)
             tag 1 PutResult:    u8 prev_existed (0/1)
             tag 2 DeleteResult: u8 existed (0/1)
-            tag 3 CasResult:    u8 ok (0/1) | opt current
+            tag 3 CasResult:    u8 ok (0/1) | opt current (None when ok)
             tag 4 PutManyResult: u32 existed
             tag 5 IncrResult:   u8 error (0 ok, 1 not an integer, 2 overflow) | i64 value (0 on error)
             tag 6 AppendResult: u8 ok (0/1) | u64 length (0 when not ok)
             tag 7 PutIfResult:  u8 done (0/1) | opt previous
-        (tags 4 to 7 came with the Redis front-end; an image holding them is
-        refused, not misread, by code that predates them)
     u64 key_count, then per key in strictly increasing byte order:
         blob key | blob value
+
+Version 1 images (the same layout, without tag 0; sessions keyed by the
+client's random ids) are read with their sessions dropped: dropping a session
+is always safe now (its writes are refused, never applied twice).
 """
 
 from __future__ import annotations
@@ -131,6 +162,10 @@ __all__ = [
     "PUT_IF_PRESENT",
     "Put",
     "PutIf",
+    "Register",
+    "Registered",
+    "SESSION_VALUES_BYTES_MAX",
+    "SessionExpired",
     "PutIfResult",
     "PutMany",
     "PutManyResult",
@@ -149,9 +184,12 @@ __all__ = [
 KEY_SIZE_BYTES_MAX = 64 * 1024
 VALUE_SIZE_BYTES_MAX = 1024 * 1024
 SESSIONS_MAX = 10_000
+SESSION_VALUES_BYTES_MAX = 16 * 1024 * 1024
 
-COMMAND_FORMAT_VERSION = 1
-SNAPSHOT_FORMAT_VERSION = 1
+COMMAND_FORMAT_VERSION = 2
+SNAPSHOT_FORMAT_VERSION = 2
+_COMMAND_FORMAT_V1 = 1  # before registered sessions: read, never written
+_SNAPSHOT_FORMAT_V1 = 1
 SNAPSHOT_MAGIC = b"MRKV"
 
 _U64_LIMIT = 1 << 64
@@ -165,6 +203,7 @@ OP_PUT_MANY = 5
 OP_INCR = 6
 OP_APPEND = 7
 OP_PUT_IF = 8
+OP_REGISTER = 9
 _KEYED_WRITES = (OP_PUT, OP_DELETE, OP_CAS, OP_INCR, OP_APPEND, OP_PUT_IF)
 
 PUT_IF_ALWAYS = 0
@@ -186,6 +225,7 @@ _SESSION_IDS = struct.Struct(">QQ")
 _SNAP_HEAD = struct.Struct(">4sBQI")  # magic, version, applied_index, session_count
 _SNAP_SESSION = struct.Struct(">QQQB")  # client_id, last_seq, last_index, result tag
 
+_RESULT_NONE = 0
 _RESULT_PUT = 1
 _RESULT_DELETE = 2
 _RESULT_CAS = 3
@@ -311,7 +351,13 @@ class PutIf:
     seq: int = 0
 
 
-Command = Noop | Get | Put | Delete | Cas | PutMany | Incr | Append | PutIf
+@attrs.frozen
+class Register:
+    """Open an exactly-once session; applies as `Registered` (the session id is
+    this entry's log index)."""
+
+
+Command = Noop | Get | Put | Delete | Cas | PutMany | Incr | Append | PutIf | Register
 
 
 # --- read-only queries (KVStateMachine.read only; never in the log) -------
@@ -434,6 +480,23 @@ class StaleRequest:
 
 
 @attrs.frozen
+class Registered:
+    """A session was opened: use `client_id` (the Register entry's index) with
+    seq 1, 2, ... for its writes."""
+
+    client_id: int
+
+
+@attrs.frozen
+class SessionExpired:
+    """The write's session is unknown (evicted, or never registered). Nothing
+    was applied; whether an earlier attempt of it applied cannot be told."""
+
+    client_id: int
+    seq: int
+
+
+@attrs.frozen
 class InvalidCommand:
     """The entry's bytes were not a valid command. Nothing was applied."""
 
@@ -519,6 +582,8 @@ def encode_command(
         return b"".join((_HEAD.pack(COMMAND_FORMAT_VERSION, OP_GET), _U32.pack(len(key)), key))
     if kind is Noop:
         return _HEAD.pack(COMMAND_FORMAT_VERSION, OP_NOOP)
+    if kind is Register:
+        return _HEAD.pack(COMMAND_FORMAT_VERSION, OP_REGISTER)
     if kind is PutMany:
         return _encode_put_many(cmd, key_size_bytes_max, value_size_bytes_max)
     if kind is Incr:
@@ -656,7 +721,16 @@ def decode_command(
         raise CommandDecodeError(f"truncated: {size} bytes, a command has at least 2")
     version = data[0]
     if version != COMMAND_FORMAT_VERSION:
-        raise CommandDecodeError(f"unsupported command format version {version}")
+        if version != _COMMAND_FORMAT_V1 or data[1] == OP_REGISTER:
+            raise CommandDecodeError(f"unsupported command format version {version}")
+        # A version-1 entry: its client id was the client's own random number,
+        # which means nothing to the registered session table (module docstring).
+        cmd = decode_command(
+            bytes((COMMAND_FORMAT_VERSION,)) + data[1:],
+            key_size_bytes_max=key_size_bytes_max,
+            value_size_bytes_max=value_size_bytes_max,
+        )
+        return attrs.evolve(cmd, client_id=0, seq=0) if hasattr(cmd, "client_id") else cmd
     op = data[1]
     if op in _KEYED_WRITES:
         if size < 18:
@@ -683,6 +757,9 @@ def decode_command(
     if op == OP_NOOP:
         _expect_end(data, 2)
         return Noop()
+    if op == OP_REGISTER:
+        _expect_end(data, 2)
+        return Register()
     if op == OP_PUT_MANY:
         return _decode_put_many(data, key_size_bytes_max, value_size_bytes_max)
     raise CommandDecodeError(f"unknown command op {op}")
@@ -804,7 +881,9 @@ class _ChunkReader:
         return True
 
 
-def _encode_result(result: WriteResult) -> bytes:
+def _encode_result(result: WriteResult | None) -> bytes:
+    if result is None:
+        return b"\x00"
     kind = type(result)
     if kind is PutResult:
         return b"\x01\x01" if result.prev_existed else b"\x01\x00"
@@ -826,14 +905,19 @@ def _encode_result(result: WriteResult) -> bytes:
     raise AssertionError(f"not a cacheable result: {result!r}")
 
 
-def _decode_result(tag: int, reader: _ChunkReader) -> WriteResult:
+def _decode_result(tag: int, reader: _ChunkReader) -> WriteResult | None:
+    if tag == _RESULT_NONE:
+        return None
     if tag == _RESULT_PUT:
         return PutResult(reader.flag("PutResult.prev_existed"))
     if tag == _RESULT_DELETE:
         return DeleteResult(reader.flag("DeleteResult.existed"))
     if tag == _RESULT_CAS:
         ok = reader.flag("CasResult.ok")
-        return CasResult(ok, reader.opt_blob("CasResult.current"))
+        current = reader.opt_blob("CasResult.current")
+        if ok and current is not None:
+            raise SnapshotFormatError("a cached successful CasResult keeps no value")
+        return CasResult(ok, current)
     if tag == _RESULT_PUT_MANY:
         (existed,) = reader.unpack(_U32, "PutManyResult.existed")
         return PutManyResult(existed)
@@ -855,8 +939,27 @@ def _decode_result(tag: int, reader: _ChunkReader) -> WriteResult:
     raise SnapshotFormatError(f"unknown session result tag {tag}")
 
 
-# Session: (last_seq, last_index, result)
-_Session = tuple[int, int, WriteResult]
+# Session: (last_seq, last_index, result); result None until the first write
+# (then last_seq is 0 and last_index the Register entry's index).
+_Session = tuple[int, int, WriteResult | None]
+
+
+def _cached(result: WriteResult) -> WriteResult:
+    """What a session keeps of a result: a successful CAS's `current` is the
+    command's `new`, which a retry carries again."""
+    if type(result) is CasResult and result.ok and result.current is not None:
+        return CasResult(True, None)
+    return result
+
+
+def _value_bytes(result: WriteResult | None) -> int:
+    """The bytes of values a cached result holds (session_values_bytes_max)."""
+    kind = type(result)
+    if kind is CasResult:
+        return len(result.current or b"")
+    if kind is PutIfResult:
+        return len(result.previous or b"")
+    return 0
 
 
 def _image_pieces(
@@ -894,17 +997,27 @@ class KVStateMachine:
         self,
         *,
         sessions_max: int = SESSIONS_MAX,
+        session_values_bytes_max: int = SESSION_VALUES_BYTES_MAX,
         key_size_bytes_max: int = KEY_SIZE_BYTES_MAX,
         value_size_bytes_max: int = VALUE_SIZE_BYTES_MAX,
     ) -> None:
         for name, value in (
             ("sessions_max", sessions_max),
+            ("session_values_bytes_max", session_values_bytes_max),
             ("key_size_bytes_max", key_size_bytes_max),
             ("value_size_bytes_max", value_size_bytes_max),
         ):
             if type(value) is not int or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, not {value!r}")
+        # One result's value must fit alone, so caching it never has to evict
+        # its own session.
+        if session_values_bytes_max < value_size_bytes_max:
+            raise ValueError(
+                f"session_values_bytes_max ({session_values_bytes_max}) must be >= "
+                f"value_size_bytes_max ({value_size_bytes_max})"
+            )
         self.sessions_max = sessions_max
+        self.session_values_bytes_max = session_values_bytes_max
         self.key_size_bytes_max = key_size_bytes_max
         self.value_size_bytes_max = value_size_bytes_max
 
@@ -914,6 +1027,7 @@ class KVStateMachine:
         # ascending: indexes only grow, so moving an updated session to the end
         # keeps the order, and the first item is the one to evict.
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
+        self._session_value_bytes = 0  # sum of _value_bytes over the sessions
         # Sorted key view, maintained lazily (scans and snapshots are rare,
         # writes are not): set(_sorted) - _removed | _added == set(_data), with
         # _removed a subset of set(_sorted) and _added disjoint from it.
@@ -931,8 +1045,9 @@ class KVStateMachine:
         """Apply the committed entry `index`; return the client's result.
 
         Results: `PutResult`, `DeleteResult`, `CasResult`, `PutManyResult`,
-        `IncrResult`, `AppendResult`, `PutIfResult`, `GetResult`, `None`
-        (Noop or empty data), `StaleRequest` or `InvalidCommand`. Raises only
+        `IncrResult`, `AppendResult`, `PutIfResult`, `GetResult`,
+        `Registered`, `None` (Noop or empty data), `SessionExpired`,
+        `StaleRequest` or `InvalidCommand`. Raises only
         `ApplyOrderError` (index <= applied_index: a driver bug).
         """
         if index <= self._applied_index:
@@ -953,17 +1068,23 @@ class KVStateMachine:
             return GetResult(self._data.get(cmd.key))
         if kind is Noop:
             return None
+        if kind is Register:
+            return self._register(index)
 
         client_id = cmd.client_id
         session = None
         if client_id:
             session = self._sessions.get(client_id)
-            if session is not None:
-                last_seq = session[0]
-                if cmd.seq == last_seq:
-                    return session[2]
-                if cmd.seq < last_seq:
-                    return StaleRequest(client_id, cmd.seq, last_seq)
+            if session is None:
+                return SessionExpired(client_id, cmd.seq)
+            last_seq = session[0]
+            if cmd.seq == last_seq and session[2] is not None:
+                cached = session[2]
+                if kind is Cas and type(cached) is CasResult and cached.ok:
+                    return CasResult(True, cmd.new)
+                return cached
+            if cmd.seq <= last_seq:
+                return StaleRequest(client_id, cmd.seq, last_seq)
 
         if kind is Put:
             result: WriteResult = self._put(cmd.key, cmd.value)
@@ -974,15 +1095,28 @@ class KVStateMachine:
         else:
             result = self._apply_more(cmd)
 
-        if client_id and self.sessions_max:
+        if session is not None:
             sessions = self._sessions
-            if session is None:
-                if len(sessions) >= self.sessions_max:
-                    sessions.popitem(last=False)
-            else:
-                sessions.move_to_end(client_id)
-            sessions[client_id] = (cmd.seq, index, result)
+            sessions.move_to_end(client_id)
+            cached = _cached(result)
+            size = _value_bytes(cached)
+            self._session_value_bytes += size - _value_bytes(session[2])
+            sessions[client_id] = (cmd.seq, index, cached)
+            while self._session_value_bytes > self.session_values_bytes_max:
+                self._evict_oldest()
         return result
+
+    def _register(self, index: int) -> Registered:
+        sessions = self._sessions
+        while sessions and len(sessions) >= self.sessions_max:
+            self._evict_oldest()
+        if self.sessions_max:
+            sessions[index] = (0, index, None)
+        return Registered(index)
+
+    def _evict_oldest(self) -> None:
+        _client_id, (_seq, _index, result) = self._sessions.popitem(last=False)
+        self._session_value_bytes -= _value_bytes(result)
 
     def read(self, query: object) -> object:
         """Answer a read-only query from the current state, outside the log.
@@ -1056,14 +1190,15 @@ class KVStateMachine:
 
         The new state is built aside and installed only once the whole image
         has been read and checked: on `SnapshotFormatError` nothing changes.
-        If the image holds more sessions than `sessions_max`, the oldest are
-        dropped, as `apply` would have evicted them.
+        If the image holds more sessions than `sessions_max` (or more cached
+        value bytes than `session_values_bytes_max`), the oldest are dropped,
+        as `apply` would have evicted them.
         """
         reader = _ChunkReader(chunks)
         magic, version, applied_index, session_count = reader.unpack(_SNAP_HEAD, "header")
         if magic != SNAPSHOT_MAGIC:
             raise SnapshotFormatError(f"bad magic {magic!r}, expected {SNAPSHOT_MAGIC!r}")
-        if version != SNAPSHOT_FORMAT_VERSION:
+        if version not in (SNAPSHOT_FORMAT_VERSION, _SNAPSHOT_FORMAT_V1):
             raise SnapshotFormatError(f"unsupported snapshot format version {version}")
 
         sessions: OrderedDict[int, _Session] = OrderedDict()
@@ -1080,7 +1215,20 @@ class KVStateMachine:
                     f"{applied_index}]: sessions must be in increasing index order"
                 )
             previous_index = last_index
-            sessions[client_id] = (last_seq, last_index, _decode_result(tag, reader))
+            if version == _SNAPSHOT_FORMAT_V1:
+                if tag == _RESULT_NONE:
+                    raise SnapshotFormatError("a version-1 session without a result")
+                _decode_result(tag, reader)  # checked, then dropped (module docstring)
+                continue
+            result = _decode_result(tag, reader)
+            if client_id > last_index or (result is None) != (last_seq == 0) or (
+                result is None and client_id != last_index
+            ):
+                raise SnapshotFormatError(
+                    f"session {client_id} (last seq {last_seq} at {last_index}) is not one "
+                    "that Register and writes could have left"
+                )
+            sessions[client_id] = (last_seq, last_index, result)
 
         (key_count,) = reader.unpack(_U64, "key count")
         data: dict[bytes, bytes] = {}
@@ -1099,10 +1247,14 @@ class KVStateMachine:
         if not reader.at_end():
             raise SnapshotFormatError("trailing bytes after the snapshot")
 
-        while len(sessions) > self.sessions_max:
-            sessions.popitem(last=False)
+        value_bytes = sum(_value_bytes(session[2]) for session in sessions.values())
+        while sessions and (
+            len(sessions) > self.sessions_max or value_bytes > self.session_values_bytes_max
+        ):
+            value_bytes -= _value_bytes(sessions.popitem(last=False)[1][2])
         self._applied_index = applied_index
         self._sessions = sessions
+        self._session_value_bytes = value_bytes
         self._data = data
         self._sorted = keys
         self._added = set()
@@ -1184,10 +1336,16 @@ class KVStateMachine:
         """Assert the internal invariants (tests and the simulator call this)."""
         assert 0 <= len(self._sessions) <= self.sessions_max, len(self._sessions)
         previous = 0
-        for client_id, (_seq, last_index, _result) in self._sessions.items():
-            assert client_id != 0
+        value_bytes = 0
+        for client_id, (seq, last_index, result) in self._sessions.items():
+            assert 0 < client_id <= last_index, (client_id, last_index)
             assert previous < last_index <= self._applied_index, (previous, last_index)
+            assert (result is None) == (seq == 0), (seq, result)
+            assert result is not None or client_id == last_index
+            assert not (type(result) is CasResult and result.ok and result.current is not None)
+            value_bytes += _value_bytes(result)
             previous = last_index
+        assert value_bytes == self._session_value_bytes <= self.session_values_bytes_max, value_bytes
         sorted_set = set(self._sorted)
         assert len(sorted_set) == len(self._sorted)
         assert self._removed <= sorted_set

@@ -15,6 +15,9 @@ document (always a list). Frames above `FRAME_SIZE_BYTES_MAX` are refused.
        ["get",    group, key, read_mode]                    -> ok: value|None
        ["scan",   group, start, prefix, limit]              -> ok: [[key, value], ...]
        ["ping"]                                             -> ok: worker address
+       ["register", group]                                  -> ok: client_id
+           opens an exactly-once session through the log (KV Register); the
+           id is the log index of its entry. Once per session, not per write.
    added for the Redis front-end (multiraft.resp, docs/resp.md):
        ["mput",   group, [[key, value|None], ...], client_id, seq]
                                                             -> ok: existed (int)
@@ -55,14 +58,19 @@ document (always a list). Frames above `FRAME_SIZE_BYTES_MAX` are refused.
    answer shorter than asked for may mean "go on from last key + b'\\x00'").
    The worker address is "n1/w0" (wire.worker_address). req_id is an int, a
    string, bytes or None.
-   Keys and values are bytes. client_id 0 means no exactly-once session.
-   Only a group's leader serves requests, reads included (followers answer
-   not_leader with their leader hint). A write whose (client_id, seq) is older
-   than the session's last applied seq gets "error" ("stale request").
+   Keys and values are bytes. client_id is a registered session's id, or 0
+   for no exactly-once session (tests and tools only: multiraft.client never
+   sends 0). Only a group's leader serves requests, reads included (followers
+   answer not_leader with their leader hint). A write whose (client_id, seq)
+   is older than the session's last applied seq gets "error" ("stale
+   request"); one whose session the group does not know (evicted, or never
+   registered) gets "session_expired" and was not applied.
    statuses: "ok"; "not_leader" (payload: leader node id or None); "busy"
    (overloaded: retry later); "no_group" (this worker does not host it);
    "timeout" (the outcome of a write is unknown: retry with the same seq);
-   "error" (payload: a message; the request was malformed: do not retry).
+   "error" (payload: a message; the request was malformed: do not retry);
+   "session_expired" (payload: a message; this attempt did not apply: register
+   again; an earlier attempt of the same write may have applied).
    "not_leader" for a write also means its entry was overwritten by another
    leader's (it did not apply: retry). A frame that is not a valid frame (not
    CBOR, not a non-empty list, over the worker's limit) closes the connection;
@@ -205,6 +213,7 @@ BUSY = "busy"
 NO_GROUP = "no_group"
 TIMEOUT = "timeout"
 ERROR = "error"
+SESSION_EXPIRED = "session_expired"
 
 READ_LINEARIZABLE = "linearizable"
 READ_LEASE = "lease"

@@ -77,7 +77,9 @@ async def main() -> None:
         m = machines[g]
         if op == "get":
             return [req_id, "ok", m.read(kv.Get(req[3])).value]
-        if op == "put":
+        if op == "register":
+            cmd = kv.encode_command(kv.Register())
+        elif op == "put":
             cmd = kv.encode_command(kv.Put(req[3], req[4], client_id=req[5], seq=req[6]))
         elif op == "delete":
             cmd = kv.encode_command(kv.Delete(req[3], client_id=req[4], seq=req[5]))
@@ -87,6 +89,10 @@ async def main() -> None:
             return [req_id, "error", f"unknown op {op!r}"]
         index[g] += 1
         result = m.apply(index[g], cmd)
+        if isinstance(result, kv.Registered):
+            return [req_id, "ok", result.client_id]
+        if isinstance(result, kv.SessionExpired):
+            return [req_id, "session_expired", repr(result)]
         if isinstance(result, kv.PutResult):
             return [req_id, "ok", result.prev_existed]
         if isinstance(result, kv.DeleteResult):

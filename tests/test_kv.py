@@ -27,14 +27,21 @@ from multiraft.kv import (
     DeleteResult,
     Get,
     GetResult,
+    Incr,
+    IncrResult,
     InvalidCommand,
     KVCommandError,
     KVStateMachine,
     Noop,
     Put,
+    PutIf,
+    PutIfResult,
     PutResult,
+    Register,
+    Registered,
     Scan,
     ScanResult,
+    SessionExpired,
     SnapshotFormatError,
     StaleRequest,
     decode_command,
@@ -62,6 +69,11 @@ class Replica:
     def do(self, cmd) -> object:
         return self.run(cmd)[0]
 
+    def register(self) -> int:
+        result = self.do(Register())
+        assert type(result) is Registered
+        return result.client_id
+
 
 def state_without_index(sm: KVStateMachine):
     """Everything but applied_index: what a no-op entry must leave alone."""
@@ -83,6 +95,8 @@ COMMANDS = st.one_of(
     st.builds(Cas, KEYS, OPT_VALUES, OPT_VALUES, CLIENTS, SEQS),
     st.builds(Get, KEYS),
     st.just(Noop()),
+    st.just(Register()),
+    st.just(Register()),
 )
 # What the log may carry: valid commands, empty entries, and garbage.
 ENTRIES = st.one_of(
@@ -117,11 +131,22 @@ class Model:
             return None
         if isinstance(cmd, Get):
             return GetResult(self.data.get(cmd.key))
+        if isinstance(cmd, Register):
+            if self.sessions_max:
+                if len(self.sessions) >= self.sessions_max:
+                    oldest = min(self.sessions, key=lambda c: self.sessions[c][1])
+                    del self.sessions[oldest]
+                self.sessions[index] = (0, index, None)
+            return Registered(index)
         session = self.sessions.get(cmd.client_id) if cmd.client_id else None
-        if session is not None:
-            if cmd.seq == session[0]:
+        if cmd.client_id:
+            if session is None:
+                return SessionExpired(cmd.client_id, cmd.seq)
+            if cmd.seq == session[0] and session[0] > 0:
+                if isinstance(cmd, Cas) and session[2].ok:
+                    return CasResult(True, cmd.new)
                 return session[2]
-            if cmd.seq < session[0]:
+            if cmd.seq <= session[0]:
                 return StaleRequest(cmd.client_id, cmd.seq, session[0])
         if isinstance(cmd, Put):
             result = PutResult(cmd.key in self.data)
@@ -139,10 +164,8 @@ class Model:
             else:
                 result = CasResult(False, current)
         if cmd.client_id:
-            if session is None and len(self.sessions) >= self.sessions_max:
-                oldest = min(self.sessions, key=lambda c: self.sessions[c][1])
-                del self.sessions[oldest]
-            self.sessions[cmd.client_id] = (cmd.seq, index, result)
+            cached = CasResult(True, None) if isinstance(result, CasResult) and result.ok else result
+            self.sessions[cmd.client_id] = (cmd.seq, index, cached)
         return result
 
 
@@ -196,18 +219,28 @@ def test_every_command_survives_an_encode_decode_round_trip(cmd):
 
 def test_command_encoding_is_pinned():
     # The log on disk holds these bytes: the format must not drift.
-    assert encode_command(Noop()) == b"\x01\x00"
-    assert encode_command(Get(b"k")) == b"\x01\x04\x00\x00\x00\x01k"
+    assert encode_command(Noop()) == b"\x02\x00"
+    assert encode_command(Register()) == b"\x02\x09"
+    assert encode_command(Get(b"k")) == b"\x02\x04\x00\x00\x00\x01k"
     assert encode_command(Put(b"k", b"vv", 7, 9)) == (
-        b"\x01\x01" + struct.pack(">QQ", 7, 9) + b"\x00\x00\x00\x01k\x00\x00\x00\x02vv"
+        b"\x02\x01" + struct.pack(">QQ", 7, 9) + b"\x00\x00\x00\x01k\x00\x00\x00\x02vv"
     )
     assert encode_command(Delete(b"k", 1, 2)) == (
-        b"\x01\x02" + struct.pack(">QQ", 1, 2) + b"\x00\x00\x00\x01k"
+        b"\x02\x02" + struct.pack(">QQ", 1, 2) + b"\x00\x00\x00\x01k"
     )
     assert encode_command(Cas(b"k", None, b"n", 1, 2)) == (
-        b"\x01\x03" + struct.pack(">QQ", 1, 2) + b"\x00\x00\x00\x01k" + b"\x00"
+        b"\x02\x03" + struct.pack(">QQ", 1, 2) + b"\x00\x00\x00\x01k" + b"\x00"
         b"\x01\x00\x00\x00\x01n"
     )
+
+
+def test_a_version_1_write_decodes_without_its_session_and_applies_once():
+    # Written before registered sessions: its client id was the client's own.
+    v1 = b"\x01" + encode_command(Put(b"k", b"v", 7, 9))[1:]
+    assert decode_command(v1) == Put(b"k", b"v")
+    r = Replica()
+    assert r.do(v1) == PutResult(False) and r.sm.get(b"k") == b"v"
+    assert isinstance(r.do(b"\x01\x09"), InvalidCommand)  # no Register in version 1
 
 
 @pytest.mark.parametrize(
@@ -354,50 +387,69 @@ def test_cas_distinguishes_an_empty_value_from_an_absent_key():
 # --- exactly-once sessions --------------------------------------------------------
 
 
+def test_register_opens_a_session_whose_id_is_the_entrys_log_index():
+    r = Replica()
+    r.do(Put(b"k", b"1"))
+    assert r.do(Register()) == Registered(2)
+    assert r.do(Put(b"k", b"2", client_id=2, seq=1)) == PutResult(True)
+
+
 def test_retried_put_with_same_seq_applies_once():
     r = Replica()
-    first = r.do(Put(b"k", b"1", client_id=7, seq=1))
-    r.do(Put(b"k", b"other", client_id=8, seq=1))
-    retry = r.do(Put(b"k", b"1", client_id=7, seq=1))
+    a, b = r.register(), r.register()
+    first = r.do(Put(b"k", b"1", client_id=a, seq=1))
+    r.do(Put(b"k", b"other", client_id=b, seq=1))
+    retry = r.do(Put(b"k", b"1", client_id=a, seq=1))
     assert first == retry == PutResult(False)
     assert r.sm.get(b"k") == b"other"  # the retry did not overwrite
 
 
 def test_retried_cas_returns_the_cached_result_although_the_state_changed():
     r = Replica()
-    first = r.do(Cas(b"k", None, b"mine", client_id=7, seq=3))
+    a = r.register()
+    first = r.do(Cas(b"k", None, b"mine", client_id=a, seq=3))
     r.do(Delete(b"k"))
     # Re-executing would succeed again and recreate the key; the retry must not.
-    assert r.do(Cas(b"k", None, b"mine", client_id=7, seq=3)) == first == CasResult(True, b"mine")
+    assert r.do(Cas(b"k", None, b"mine", client_id=a, seq=3)) == first == CasResult(True, b"mine")
     assert r.sm.get(b"k") is None
 
 
 def test_retried_delete_with_same_seq_applies_once():
     r = Replica()
+    a = r.register()
     r.do(Put(b"k", b"v"))
-    assert r.do(Delete(b"k", client_id=1, seq=1)) == DeleteResult(True)
+    assert r.do(Delete(b"k", client_id=a, seq=1)) == DeleteResult(True)
     r.do(Put(b"k", b"again"))
-    assert r.do(Delete(b"k", client_id=1, seq=1)) == DeleteResult(True)
+    assert r.do(Delete(b"k", client_id=a, seq=1)) == DeleteResult(True)
     assert r.sm.get(b"k") == b"again"
 
 
 def test_stale_seq_returns_stale_request_and_never_applies():
     r = Replica()
-    r.run(Put(b"k", b"1", client_id=7, seq=5))
+    a = r.register()
+    r.run(Put(b"k", b"1", client_id=a, seq=5))
     before = state_without_index(r.sm)
-    assert r.do(Put(b"k", b"old", client_id=7, seq=4)) == StaleRequest(7, 4, 5)
-    assert r.do(Delete(b"k", client_id=7, seq=0)) == StaleRequest(7, 0, 5)
+    assert r.do(Put(b"k", b"old", client_id=a, seq=4)) == StaleRequest(a, 4, 5)
+    assert r.do(Delete(b"k", client_id=a, seq=0)) == StaleRequest(a, 0, 5)
     assert state_without_index(r.sm) == before  # session unchanged too
     # The latest seq is still answered from the cache.
-    assert r.do(Put(b"k", b"1", client_id=7, seq=5)) == PutResult(False)
+    assert r.do(Put(b"k", b"1", client_id=a, seq=5)) == PutResult(False)
+
+
+def test_seq_zero_of_a_fresh_session_is_stale_not_applied():
+    r = Replica()
+    a = r.register()
+    assert r.do(Put(b"k", b"1", client_id=a, seq=0)) == StaleRequest(a, 0, 0)
+    assert r.sm.get(b"k") is None
 
 
 def test_a_higher_seq_applies_and_becomes_the_sessions_last_seq():
     r = Replica()
-    r.do(Put(b"k", b"1", client_id=7, seq=1))
-    assert r.do(Put(b"k", b"2", client_id=7, seq=9)) == PutResult(True)
+    a = r.register()
+    r.do(Put(b"k", b"1", client_id=a, seq=1))
+    assert r.do(Put(b"k", b"2", client_id=a, seq=9)) == PutResult(True)
     assert r.sm.get(b"k") == b"2"
-    assert r.do(Put(b"k", b"x", client_id=7, seq=8)) == StaleRequest(7, 8, 9)
+    assert r.do(Put(b"k", b"x", client_id=a, seq=8)) == StaleRequest(a, 8, 9)
 
 
 def test_client_id_zero_has_no_session_and_always_applies():
@@ -412,37 +464,112 @@ def test_client_id_zero_has_no_session_and_always_applies():
 
 def test_reads_through_the_log_do_not_touch_sessions():
     r = Replica()
-    r.do(Put(b"k", b"1", client_id=7, seq=1))
+    a = r.register()
+    r.do(Put(b"k", b"1", client_id=a, seq=1))
     sessions = list(r.sm._sessions.items())
     r.do(Get(b"k"))
     assert list(r.sm._sessions.items()) == sessions
 
 
-def test_sessions_are_bounded_and_evict_the_oldest_last_applied_index():
+def test_a_write_under_a_session_never_registered_is_refused_not_applied():
+    r = Replica()
+    assert r.do(Put(b"k", b"1", client_id=7, seq=1)) == SessionExpired(7, 1)
+    assert r.sm.get(b"k") is None and r.sm.session_count == 0
+
+
+def test_sessions_are_bounded_and_register_evicts_the_oldest_last_applied_index():
     r = Replica(sessions_max=3)
+    a, b, c = r.register(), r.register(), r.register()
     r.run(
-        Put(b"a", b"", client_id=1, seq=1),
-        Put(b"b", b"", client_id=2, seq=1),
-        Put(b"c", b"", client_id=3, seq=1),
-        Put(b"a", b"", client_id=1, seq=2),  # client 1 is now the newest
-        Put(b"d", b"", client_id=4, seq=1),  # evicts client 2, the oldest
+        Put(b"a", b"", client_id=a, seq=1),  # a is now the newest
+        Put(b"c", b"", client_id=c, seq=1),
     )
+    d = r.register()  # evicts b, the oldest
     assert r.sm.session_count == 3
-    assert list(r.sm._sessions) == [3, 1, 4]
+    assert list(r.sm._sessions) == [a, c, d]
+    assert r.do(Put(b"b", b"", client_id=b, seq=1)) == SessionExpired(b, 1)
+    assert r.sm.get(b"b") is None
 
 
-def test_an_evicted_clients_retry_applies_again():
-    # The documented price of bounded sessions: size sessions_max generously.
+def test_a_retried_incr_after_its_session_was_evicted_is_refused_not_applied_twice():
+    # The bug of issue 9: an evicted client's retry used to apply as new.
     r = Replica(sessions_max=1)
-    r.do(Put(b"k", b"1", client_id=1, seq=1))
-    r.do(Put(b"x", b"", client_id=2, seq=1))  # evicts client 1
-    assert r.do(Put(b"k", b"1", client_id=1, seq=1)) == PutResult(True)
+    a = r.register()
+    assert r.do(Incr(b"n", 1, client_id=a, seq=1)) == IncrResult(1)
+    r.register()  # another client's session evicts a's
+    assert r.do(Incr(b"n", 1, client_id=a, seq=1)) == SessionExpired(a, 1)
+    assert r.sm.get(b"n") == b"1"
 
 
-def test_sessions_max_zero_keeps_no_sessions():
+def test_a_delayed_duplicate_after_eviction_never_overwrites_a_newer_write():
+    r = Replica(sessions_max=2)
+    a = r.register()
+    old = encode_command(Put(b"k", b"old", client_id=a, seq=1))
+    r.do(old)
+    r.do(Put(b"k", b"new", client_id=a, seq=2))  # acknowledged
+    r.register()
+    r.register()  # a is evicted
+    assert r.do(old) == SessionExpired(a, 1)  # the network delivers the old one again
+    assert r.sm.get(b"k") == b"new"
+
+
+def test_a_duplicate_register_opens_another_empty_session_and_changes_nothing_else():
+    r = Replica()
+    a = r.register()
+    r.do(Incr(b"n", 5, client_id=a, seq=1))
+    before = (r.sm.scan(), r.sm._sessions[a])
+    b = r.register()  # the same Register, delivered twice
+    assert b != a and r.sm._sessions[b] == (0, b, None)
+    assert (r.sm.scan(), r.sm._sessions[a]) == before
+    assert r.do(Incr(b"n", 5, client_id=a, seq=1)) == IncrResult(5)  # still exactly once
+    assert r.do(Incr(b"n", 1, client_id=b, seq=1)) == IncrResult(6)
+
+
+def test_a_pool_of_sessions_with_writes_in_flight_each_apply_once():
+    r = Replica(sessions_max=4)
+    pool = [r.register() for _ in range(3)]
+    writes = [encode_command(Incr(b"n", 1, client_id=c, seq=1)) for c in pool]
+    # Every write arrives twice, interleaved (retries after lost answers).
+    results = r.run(*writes, *reversed(writes))
+    assert r.sm.get(b"n") == b"3"
+    assert sorted(x.value for x in results[:3]) == [1, 2, 3]
+    assert results[3:] == list(reversed(results[:3]))
+
+
+def test_sessions_max_zero_keeps_no_sessions_and_refuses_session_writes():
     r = Replica(sessions_max=0)
-    assert r.run(Put(b"k", b"1", 1, 1), Put(b"k", b"1", 1, 1)) == [PutResult(False), PutResult(True)]
-    assert r.sm.session_count == 0
+    a = r.register()
+    assert r.do(Put(b"k", b"1", a, 1)) == SessionExpired(a, 1)
+    assert r.sm.session_count == 0 and r.sm.get(b"k") is None
+
+
+def test_a_successful_cas_caches_no_value_and_its_retry_answers_from_the_command():
+    r = Replica()
+    a = r.register()
+    big = b"v" * 1000
+    assert r.do(Cas(b"k", None, big, client_id=a, seq=1)) == CasResult(True, big)
+    assert r.sm._sessions[a][2] == CasResult(True, None)
+    assert r.sm._session_value_bytes == 0
+    assert r.do(Cas(b"k", None, big, client_id=a, seq=1)) == CasResult(True, big)
+
+
+def test_cached_values_are_bounded_by_session_values_bytes_max_evicting_the_oldest():
+    r = Replica(session_values_bytes_max=25, value_size_bytes_max=10)
+    a, b, c = r.register(), r.register(), r.register()
+    r.do(Put(b"k", b"x" * 10))
+    for client in (a, b):  # a failed CAS keeps the value it found: 10 bytes each
+        assert r.do(Cas(b"k", b"nope", b"y", client_id=client, seq=1)) == CasResult(False, b"x" * 10)
+    assert r.sm._session_value_bytes == 20
+    assert r.do(PutIf(b"k", b"z", client_id=c, seq=1)) == PutIfResult(True, b"x" * 10)
+    # 30 bytes > 25: the oldest, a, went; b and c keep exact answers.
+    assert list(r.sm._sessions) == [b, c] and r.sm._session_value_bytes == 20
+    assert r.do(Cas(b"k", b"nope", b"y", client_id=b, seq=1)) == CasResult(False, b"x" * 10)
+    assert r.do(Cas(b"k", b"nope", b"y", client_id=a, seq=1)) == SessionExpired(a, 1)
+
+
+def test_session_values_bytes_max_must_hold_one_value():
+    with pytest.raises(ValueError, match="session_values_bytes_max"):
+        KVStateMachine(session_values_bytes_max=5, value_size_bytes_max=10)
 
 
 @settings(max_examples=60)
@@ -478,7 +605,7 @@ _CAS = encode_command(Cas(b"k", b"a", b"b", 1, 1))
 
 MALFORMED = {
     "one byte": b"\x01",
-    "bad version": b"\x02" + _PUT[1:],
+    "bad version": b"\x03" + _PUT[1:],
     "version zero": b"\x00\x00",
     "unknown op": b"\x01\x63",
     "noop with trailing": b"\x01\x00\x00",
@@ -615,17 +742,49 @@ def test_deleting_and_recreating_a_key_keeps_scan_correct():
 
 def test_snapshot_encoding_is_pinned():
     r = Replica()
-    r.run(Put(b"k", b"v", 3, 1), Cas(b"j", None, None, 5, 2))
+    a, b, c = r.register(), r.register(), r.register()
+    r.run(Put(b"k", b"v", a, 1), Cas(b"j", None, b"w", b, 2))
     assert r.sm.snapshot() == b"".join(
         [
+            b"MRKV\x02",
+            struct.pack(">QI", 5, 3),  # applied index, session count
+            struct.pack(">QQQ", 3, 0, 3) + b"\x00",  # registered, no write yet
+            struct.pack(">QQQ", 1, 1, 4) + b"\x01\x00",  # PutResult(False)
+            struct.pack(">QQQ", 2, 2, 5) + b"\x03\x01\x00",  # CasResult(True), no value
+            struct.pack(">Q", 2),
+            b"\x00\x00\x00\x01j\x00\x00\x00\x01w",
+            b"\x00\x00\x00\x01k\x00\x00\x00\x01v",
+        ]
+    )
+
+
+def test_a_version_1_snapshot_is_read_with_its_sessions_dropped():
+    v1 = b"".join(
+        [
             b"MRKV\x01",
-            struct.pack(">QI", 2, 2),  # applied index, session count
-            struct.pack(">QQQ", 3, 1, 1) + b"\x01\x00",  # PutResult(False)
-            struct.pack(">QQQ", 5, 2, 2) + b"\x03\x01\x00",  # CasResult(True, None)
+            struct.pack(">QI", 2, 1),
+            struct.pack(">QQQ", 12345, 1, 1) + b"\x01\x00",  # a random client id of old
             struct.pack(">Q", 1),
             b"\x00\x00\x00\x01k\x00\x00\x00\x01v",
         ]
     )
+    sm = KVStateMachine()
+    sm.restore(v1)
+    sm.check_invariants()
+    assert sm.scan() == [(b"k", b"v")] and sm.session_count == 0 and sm.applied_index == 2
+    assert sm.apply(3, encode_command(Put(b"k", b"again", 12345, 1))) == SessionExpired(12345, 1)
+
+
+def test_snapshot_round_trip_keeps_sessions_and_their_exactly_once_answers():
+    r = Replica()
+    a, b = r.register(), r.register()
+    r.run(Incr(b"n", 1, a, 1), Cas(b"n", b"0", b"9", b, 1))
+    fresh = Replica()
+    fresh.sm.restore(r.sm.snapshot())
+    assert fresh.do(Incr(b"n", 1, a, 1)) == IncrResult(1)  # cached, not applied again
+    assert fresh.do(Cas(b"n", b"0", b"9", b, 1)) == CasResult(False, b"1")
+    assert fresh.sm.get(b"n") == b"1"
+    assert fresh.sm._session_value_bytes == r.sm._session_value_bytes == 1
 
 
 @given(ENTRY_LISTS)
@@ -694,15 +853,17 @@ def test_snapshot_chunks_rejects_a_non_positive_chunk_size():
 
 def test_restore_drops_the_oldest_sessions_beyond_sessions_max():
     big = Replica(sessions_max=10)
-    big.run(*(Put(b"k", b"", client_id=c, seq=1) for c in range(1, 6)))
+    ids = [big.register() for _ in range(5)]
+    big.run(*(Put(b"k", b"", client_id=c, seq=1) for c in ids))
     small = KVStateMachine(sessions_max=2)
     small.restore(big.sm.snapshot())
     small.check_invariants()
-    assert list(small._sessions) == [4, 5]
+    assert list(small._sessions) == ids[3:]
 
 
 def _sample_snapshot() -> bytes:
     r = Replica()
+    r.run(Register(), Register(), Register())
     r.run(Put(b"a", b"1", 1, 1), Cas(b"b", None, b"2", 2, 1), Delete(b"c", 3, 1))
     return r.sm.snapshot()
 
@@ -717,7 +878,10 @@ GARBAGE = {
     "empty": b"",
     "not a snapshot": b"hello world, this is not a snapshot",
     "bad magic": _with(_SNAP, 0, b"XXXX"),
-    "bad version": _with(_SNAP, 4, b"\x02"),
+    "bad version": _with(_SNAP, 4, b"\x03"),
+    "session id above its last index": _with(_SNAP, 17, struct.pack(">Q", 5)),
+    "a result with seq 0": _with(_SNAP, 25, struct.pack(">Q", 0)),
+    "a successful cas with a value": _with(_SNAP, 17 + 26 + 25, b"\x01\x01\x00\x00\x00\x01"),
     "trailing byte": _SNAP + b"\x00",
     "applied index below a session": _with(_SNAP, 5, struct.pack(">Q", 1)),
     "session for client 0": _with(_SNAP, 17, struct.pack(">Q", 0)),

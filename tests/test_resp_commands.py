@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from multiraft.client import ClusterUnavailable, RequestError, Timeout
+from multiraft.client import ClusterUnavailable, RequestError, Timeout, UnknownOutcome
 from multiraft.resp.protocol import OK, ErrorReply, Limits, ReplyParser, Status, encode_command
 from multiraft.resp.scan import CursorTable, compile_glob, literal_prefix
 from multiraft.resp.server import Server
@@ -166,6 +166,8 @@ async def test_backend_errors_become_redis_errors(env):
         (ClusterUnavailable("no coordinator"), "CLUSTERDOWN no coordinator"),
         (Timeout("slow", outcome_unknown=True), "TIMEOUT the write may or may not have been applied: slow"),
         (Timeout("slow"), "TRYAGAIN slow"),
+        (UnknownOutcome("evicted"), "ERR unknown outcome: the write may or may not have been applied "
+                                    "(its session expired): evicted"),
         (RequestError("key too big"), "ERR key too big"),
     ):
         backend.fail_with = exc

@@ -24,15 +24,20 @@ async def test_three_workers_elect_a_leader_and_replicate_puts(tmp_path, autojum
             for g in (0, 1):
                 leader = await cluster.wait_leader(g)
                 async with cluster.client(leader) as c:
+                    status, cid = await c.call("register", g)
+                    assert status == "ok" and cid >= 1
                     for i in range(20):
-                        assert await put(c, g, b"k%d" % i, b"v%d" % i, 7, i + 1) == ["ok", False]
-                    assert await put(c, g, b"k0", b"again", 7, 21) == ["ok", True]
-                    assert await c.call("delete", g, b"k1", 7, 22) == ["ok", True]
-                    assert await c.call("delete", g, b"k1", 7, 23) == ["ok", False]
-                    assert await c.call("cas", g, b"k2", b"nope", b"x", 7, 24) == ["ok", [False, b"v2"]]
-                    assert await c.call("cas", g, b"k2", b"v2", b"x", 7, 25) == ["ok", [True, b"x"]]
+                        assert await put(c, g, b"k%d" % i, b"v%d" % i, cid, i + 1) == ["ok", False]
+                    assert await put(c, g, b"k0", b"again", cid, 21) == ["ok", True]
+                    assert await c.call("delete", g, b"k1", cid, 22) == ["ok", True]
+                    assert await c.call("delete", g, b"k1", cid, 23) == ["ok", False]
+                    assert await c.call("cas", g, b"k2", b"nope", b"x", cid, 24) == ["ok", [False, b"v2"]]
+                    assert await c.call("cas", g, b"k2", b"v2", b"x", cid, 25) == ["ok", [True, b"x"]]
                     # A retry with the same (client_id, seq) applies once, same answer.
-                    assert await c.call("cas", g, b"k2", b"v2", b"x", 7, 25) == ["ok", [True, b"x"]]
+                    assert await c.call("cas", g, b"k2", b"v2", b"x", cid, 25) == ["ok", [True, b"x"]]
+                    # A session the group never registered: refused, not applied.
+                    status, message = await put(c, g, b"k3", b"lost", cid + 10**6, 1)
+                    assert status == "session_expired" and "not applied" in message
                     assert await c.call("ping") == ["ok", f"{leader}/w0"]
                 index = cluster.workers[leader].groups[g].raft.log.applied
                 await cluster.wait_applied(g, index)
@@ -252,7 +257,9 @@ async def test_snapshots_compact_the_log_and_a_lagging_replica_catches_up(tmp_pa
             async def one(c, i):
                 # Its own client id: concurrent requests of one client with
                 # increasing seqs may arrive out of order (and be stale).
-                answers.append(await put(c, 0, b"k%03d" % i, b"v%d" % i, 1000 + i, 1))
+                status, cid = await c.call("register", 0)
+                assert status == "ok"
+                answers.append(await put(c, 0, b"k%03d" % i, b"v%d" % i, cid, 1))
 
             async with cluster.client(leader) as c:
                 async with trio.open_nursery() as nursery:

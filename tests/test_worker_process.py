@@ -109,7 +109,8 @@ async def test_control_pipe_config_ready_status_shutdown_and_restart(tmp_path):
         assert "fsyncs" in status[2] and "transport" in status[2]
         await w.send(["routing", routing({"n1": w}, {0: ["n1"], 3: ["n1"]})])
         await w.send(["some-future-frame", 1])  # ignored
-        assert await call_until_ok(ready["client_address"], "put", 3, b"k", b"v", 1, 1) == ["ok", False]
+        cid = (await call_until_ok(ready["client_address"], "register", 3))[1]
+        assert await call_until_ok(ready["client_address"], "put", 3, b"k", b"v", cid, 1) == ["ok", False]
         assert await call_until_ok(ready["client_address"], "get", 3, b"k", "linearizable") == ["ok", b"v"]
         await w.send(["shutdown"])
         assert await w.proc.wait() == 0
@@ -143,8 +144,9 @@ async def test_two_worker_processes_replicate_over_nng(tmp_path):
                             leaders[g] = n
             for g, n in leaders.items():
                 addr = ws[n].ready["client_address"]
+                cid = (await call_until_ok(addr, "register", g))[1]
                 for i in range(20):
-                    assert await call_until_ok(addr, "put", g, b"k%d" % i, b"v", 5, i + 1) == ["ok", False]
+                    assert await call_until_ok(addr, "put", g, b"k%d" % i, b"v", cid, i + 1) == ["ok", False]
                 other = ws["n2" if n == "n1" else "n1"].ready["client_address"]
                 async with open_client(other) as c:
                     assert await c.call("put", g, b"x", b"y", 0, 0) == ["not_leader", n]

@@ -91,6 +91,7 @@ def test_parse_requests():
     scan = parse_request([4, "scan", 0, b"a", b"p", None], scan_items_max=50)
     assert scan.query == kv.Scan(b"a", b"p", 50)
     assert parse_request([4, "scan", 0, b"a", b"p", 10**9], scan_items_max=50).query.limit == 50
+    assert parse_request([5, "register", 2]) == WriteRequest(5, "register", 2, kv.Register())
 
 
 @pytest.mark.parametrize(
@@ -108,6 +109,8 @@ def test_parse_requests():
         [{"id": 1}, "ping"],
         [[1], "ping"],
         [1, "drop_table"],
+        [1, "register"],
+        [1, "register", 0, 1],
     ],
 )
 def test_malformed_requests_raise_bad_request(frame):
@@ -126,6 +129,9 @@ def test_write_payloads():
     status, msg = write_payload(kv.StaleRequest(1, 2, 3))
     assert status == "error" and "stale" in msg
     assert write_payload(kv.InvalidCommand("bad"))[0] == "error"
+    assert write_payload(kv.Registered(42)) == ("ok", 42)
+    status, msg = write_payload(kv.SessionExpired(42, 7))
+    assert status == "session_expired" and "not applied" in msg
 
 
 async def test_routing_table_parsing_and_peers(tmp_path):

@@ -63,7 +63,7 @@ class WriteRequest:
     req_id: Any
     op: str
     group: int
-    command: kv.Put | kv.Delete | kv.Cas | kv.PutMany | kv.Incr | kv.Append | kv.PutIf
+    command: kv.Put | kv.Delete | kv.Cas | kv.PutMany | kv.Incr | kv.Append | kv.PutIf | kv.Register
 
 
 @attrs.frozen
@@ -80,6 +80,7 @@ _ARITY = {
     "put": 5, "delete": 4, "cas": 6, "get": 3, "scan": 4,
     # added for the Redis front-end (docs/resp.md)
     "mput": 4, "incr": 5, "append": 5, "putif": 6, "keys": 4, "count": 1,
+    "register": 1,  # exactly-once sessions (multiraft.kv)
 }
 _CONDITIONS = {"always": kv.PUT_IF_ALWAYS, "absent": kv.PUT_IF_ABSENT, "present": kv.PUT_IF_PRESENT}
 _I64_MIN = -(1 << 63)
@@ -137,6 +138,8 @@ def parse_request(frame: list, *, scan_items_max: int = 10_000) -> PingRequest |
     if len(args) != arity:
         raise BadRequest(rid, f"{op} takes {arity} arguments after the op, got {len(args)}")
     g = _group(rid, args[0])
+    if op == "register":
+        return WriteRequest(rid, op, g, kv.Register())
     if op == "put":
         key = _bytes(rid, "key", args[1])
         value = _bytes(rid, "value", args[2])
@@ -260,6 +263,13 @@ def write_payload(result: object) -> tuple[str, Any]:
         return protocol.OK, result.length
     if kind is kv.PutIfResult:
         return protocol.OK, [result.done, result.previous]
+    if kind is kv.Registered:
+        return protocol.OK, result.client_id
+    if kind is kv.SessionExpired:
+        return protocol.SESSION_EXPIRED, (
+            f"session expired: client {result.client_id} is not a session of this group "
+            f"(evicted, or never registered); seq {result.seq} was not applied"
+        )
     if kind is kv.StaleRequest:
         return protocol.ERROR, (
             f"stale request: seq {result.seq} of client {result.client_id} is older than "

@@ -10,7 +10,9 @@ The backend is `multiraft.client.Client` (tests use an in-memory stand-in):
 writes are answered once committed and applied, reads are linearizable
 (ReadIndex). Its errors become RESP errors: WrongValue -> Redis's texts,
 ClusterUnavailable -> CLUSTERDOWN, a timeout that did not apply -> TRYAGAIN,
-one whose outcome is unknown -> TIMEOUT, a refused request -> ERR.
+one whose outcome is unknown -> TIMEOUT, a retried write whose session
+expired (multiraft.client.UnknownOutcome) -> ERR unknown outcome, a refused
+request -> ERR.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Protocol
 import attrs
 
 import multiraft
-from multiraft.client import ClientError, ClusterUnavailable, RequestError, Timeout, WrongValue
+from multiraft.client import ClientError, ClusterUnavailable, RequestError, Timeout, UnknownOutcome, WrongValue
 from multiraft.kv import parse_int64
 
 from .protocol import OK, ErrorReply, Limits, Map, Status
@@ -106,6 +108,8 @@ def _error_reply(exc: ClientError) -> ErrorReply:
         if exc.outcome_unknown:
             return ErrorReply(f"TIMEOUT the write may or may not have been applied: {exc}")
         return ErrorReply(f"TRYAGAIN {exc}")
+    if isinstance(exc, UnknownOutcome):
+        return ErrorReply(f"ERR unknown outcome: the write may or may not have been applied (its session expired): {exc}")
     if isinstance(exc, RequestError):
         return ErrorReply(f"ERR {exc}")
     return ErrorReply(f"ERR {exc}")

@@ -228,7 +228,7 @@ class SimNode:
             random.Random(sim_rng.random()),
             initial_voters=initial_voters,
         )
-        r = Replica(self, group, raft, kv.KVStateMachine())
+        r = Replica(self, group, raft, kv.KVStateMachine(sessions_max=self.options.sessions_max))
         self.replicas[group] = r
         self.worker_disk(group).group(group)  # the replica exists on disk from now on
         return r
@@ -242,7 +242,7 @@ class SimNode:
             snapshot=gd.snapshot,
             entries=list(gd.entries),
         )
-        sm = kv.KVStateMachine()
+        sm = kv.KVStateMachine(sessions_max=self.options.sessions_max)
         if gd.snapshot is not None:
             sm.restore(gd.snapshot.data)
         r = Replica(self, group, raft, sm)

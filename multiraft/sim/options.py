@@ -7,6 +7,8 @@ import random
 
 import attrs
 
+from multiraft import kv
+
 
 @attrs.define
 class SimOptions:
@@ -48,12 +50,15 @@ class SimOptions:
     # Per-message chance that a frame is damaged on the way: one bit flipped in
     # its real wire encoding, which the real decoder must reject.
     corrupt_rate: float = 0.0
+    # The KV's session table: small values (below the clients' sessions)
+    # make Register evict live sessions, so writes meet SessionExpired.
+    sessions_max: int = kv.SESSIONS_MAX
 
     @classmethod
     def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> "SimOptions":
         check_quorum = rng.random() < 0.8
         nodes = rng.choice([3, 3, 4, 5, 5])
-        return cls(
+        fields = dict(
             nodes=nodes,
             workers_per_node=rng.choice([1, 2]),
             groups=rng.choice([1, 2, 3]),
@@ -82,6 +87,8 @@ class SimOptions:
             chaos_steps=chaos_steps,
             corrupt_rate=rng.choice([0.0, 0.0, 0.002, 0.01]),
         )
+        fields["sessions_max"] = rng.choice([kv.SESSIONS_MAX, kv.SESSIONS_MAX, 2, 3, 4])
+        return cls(**fields)
 
     def describe(self) -> str:
         return " ".join(f"{k}={v}" for k, v in attrs.asdict(self).items())

@@ -37,6 +37,7 @@ REPORTED_COUNTERS = (
     "ops_checked",
     "replicas_readded",
     "frames_corrupted",
+    "sessions_expired",
 )
 
 

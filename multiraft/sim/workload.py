@@ -3,7 +3,11 @@ history in the lincheck format (multiraft.lincheck checks it at the end).
 
 Clients behave like the real client: a write keeps its (client id, sequence
 number) across retries so it applies exactly once; a read goes through
-ReadIndex (or the lease) on the leader or on a follower.
+ReadIndex (or the lease) on the leader or on a follower. Sessions are
+registered through the log (one per client and group, reused); a write whose
+session was evicted (`SessionExpired`) is sent again under a new session if
+its refused send was its only one (it provably did not apply), and is
+recorded as indeterminate ("info") otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ if TYPE_CHECKING:
 ATTEMPT_TIMEOUT_STEPS = 150
 OP_TIMEOUT_STEPS = 3000
 BACKOFF_STEPS = 15
+# As multiraft.client.SESSION_RENEWALS_MAX: new sessions one write may use up.
+SESSION_RENEWALS_MAX = 3
 
 
 @attrs.define
@@ -39,6 +45,10 @@ class Op:
     invoked_at: int
     attempt_deadline: int
     attempts: int = 0
+    registering: bool = False  # waiting for a Registered answer first
+    client_id: int = 0  # the session the write is sent under
+    proposals: int = 0  # proposals of the write under that session
+    renewals: int = 0  # sessions used up by SessionExpired
 
 
 @attrs.define
@@ -50,6 +60,8 @@ class Client:
     next_op_at: int = 0
     leader_hint: dict[int, str] = attrs.field(factory=dict)
     last_seen: dict[str, str | None] = attrs.field(factory=dict)
+    # group -> [client_id, last seq] of this client's registered session
+    sessions: dict[int, list[int]] = attrs.field(factory=dict)
 
 
 class Workload:
@@ -103,7 +115,21 @@ class Workload:
         group = group_for_key(key.encode(), o.groups)
         c.op = Op(self._op_ids, f, key, value, group, seq, now, now)
         self.events.append({"process": c.process, "type": "invoke", "f": f, "key": key, "value": value})
+        if f != "get":
+            self._use_session(c, c.op)
         self._attempt(c, now)
+
+    def _use_session(self, c: Client, op: Op) -> None:
+        """Send the write under c's session of its group (next seq), or
+        register one first."""
+        session = c.sessions.get(op.group)
+        op.proposals = 0
+        if session is None:
+            op.registering = True
+            return
+        op.registering = False
+        session[1] += 1
+        op.client_id, op.seq = session
 
     def _pick_node(self, c: Client, op: Op, prefer_follower: bool) -> str | None:
         nodes = [n for n in self.sim.nodes.values() if n.up and op.group in n.replicas]
@@ -134,8 +160,11 @@ class Workload:
                 replica.raft.read_index(ctx)
                 replica.read_waiters[ctx] = ReadWaiter(c.id, op.op_id, op.key.encode())
             else:
-                index = replica.raft.propose(self._encode(c, op))
+                data = kv.encode_command(kv.Register()) if op.registering else self._encode(c, op)
+                index = replica.raft.propose(data)
                 replica.waiters[index] = Waiter(c.id, op.op_id, replica.raft.term)
+                if not op.registering:
+                    op.proposals += 1
         except ProposalDropped as e:
             if e.leader is not None:
                 c.leader_hint[op.group] = e.leader
@@ -143,13 +172,14 @@ class Workload:
 
     def _encode(self, c: Client, op: Op) -> bytes:
         key = op.key.encode()
+        cid = op.client_id
         if op.f == "put":
-            cmd = kv.Put(key, op.value.encode(), c.id, op.seq)
+            cmd = kv.Put(key, op.value.encode(), cid, op.seq)
         elif op.f == "delete":
-            cmd = kv.Delete(key, c.id, op.seq)
+            cmd = kv.Delete(key, cid, op.seq)
         else:
             expected, new = op.value
-            cmd = kv.Cas(key, None if expected is None else expected.encode(), new.encode(), c.id, op.seq)
+            cmd = kv.Cas(key, None if expected is None else expected.encode(), new.encode(), cid, op.seq)
         return kv.encode_command(cmd)
 
     def _abandon(self, c: Client, now: int) -> None:
@@ -179,6 +209,18 @@ class Workload:
         if found is None:
             return
         c, op = found
+        if isinstance(result, kv.Registered):
+            if op.registering:  # else a duplicate Register's answer: unused
+                self.sim.counters["sessions_registered"] += 1
+                c.sessions[op.group] = [result.client_id, 0]
+                self._use_session(c, op)
+                self._attempt(c, now)
+            return
+        if op.registering:
+            raise AssertionError(f"client {client} op {op_id}: {result} while registering")
+        if isinstance(result, kv.SessionExpired):
+            self._session_expired(c, op, result, now)
+            return
         if isinstance(result, kv.StaleRequest) or isinstance(result, kv.InvalidCommand):
             raise AssertionError(f"client {client} op {op_id}: unexpected {result}")
         if op.f == "cas":
@@ -194,6 +236,28 @@ class Workload:
             self._record(c, "ok", op, op.value)
             c.last_seen[op.key] = op.value if op.f == "put" else None
         self._done(c, now)
+
+    def _session_expired(self, c: Client, op: Op, result: kv.SessionExpired, now: int) -> None:
+        self.sim.counters["sessions_expired"] += 1
+        assert result.client_id == op.client_id, (result, op)
+        if c.sessions.get(op.group, [None])[0] == op.client_id:
+            del c.sessions[op.group]
+        if op.proposals > 1:
+            # Another send of this write may have applied before the eviction.
+            self.sim.counters["writes_outcome_unknown"] += 1
+            self._record(c, "info", op, op.value)
+            c.process += 1
+            c.op = None
+            c.next_op_at = now + 1
+            return
+        # Its only send was refused: it did not apply.
+        op.renewals += 1
+        if op.renewals > SESSION_RENEWALS_MAX:
+            self._record(c, "fail", op, op.value)
+            self._done(c, now)
+            return
+        self._use_session(c, op)
+        self._attempt(c, now)
 
     def complete_read(self, client: int, op_id: int, value: bytes | None, now: int) -> None:
         found = self._client_op(client, op_id)
