@@ -364,3 +364,15 @@ def test_follow_snapshot_leaves_a_consistent_log_alone_7():
     meta = SnapshotMeta(10, 3, _CONF)
     ents = [Entry(3, i, 0, b"") for i in range(8, 13)]
     assert follow_snapshot(meta, HardState(3, None, 12), ents) == (HardState(3, None, 12), ents, None)
+
+
+def test_restart_refuses_a_log_that_ends_below_the_snapshot_it_should_have_been_reset_to_7():
+    """The store refuses to append after a gap; the core refuses first."""
+    with pytest.raises(LogDoesNotFollowSnapshot, match="ends at index 6, below"):
+        _restart(10, 2, [(5, 1), (6, 1)])
+
+
+def test_follow_snapshot_drops_entries_the_snapshot_covers_when_the_reset_was_lost_7():
+    meta = SnapshotMeta(10, 2, _CONF)
+    hs, kept, reason = follow_snapshot(meta, HardState(2, None, 4), [Entry(1, 5, 0, b""), Entry(1, 6, 0, b"")])
+    assert kept == [] and "covered" in reason

@@ -94,3 +94,18 @@ def test_sim_catches_stale_reads_with_the_linearizability_checker(monkeypatch):
     monkeypatch.setattr(raft_state.RaftState, "read_index", local_read)
     violation = _first_violation()
     assert violation is not None and "linearizab" in violation
+
+
+# Seeds whose mid-round crashes leave a log that recovery must repair (the
+# log reset after an installed snapshot lost).
+RESTART_REPAIR_SEEDS = (29, 44)
+
+
+def test_sim_catches_a_restart_that_skips_finishing_an_interrupted_snapshot_round(monkeypatch):
+    """The old recovery: the log a mid-round crash left is handed to the core
+    as is. The core must refuse it (LogDoesNotFollowSnapshot), so the sim fails."""
+    from multiraft.sim import cluster
+
+    monkeypatch.setattr(cluster, "follow_snapshot", lambda meta, hs, entries: (hs, entries, None))
+    violation = _first_violation(RESTART_REPAIR_SEEDS)
+    assert violation is not None and "LogDoesNotFollowSnapshot" in violation

@@ -283,8 +283,8 @@ def check_follows_snapshot(
     meta: SnapshotMeta | None, hard_state: HardState, entries: list[Entry] | tuple[Entry, ...]
 ) -> None:
     """Raise LogDoesNotFollowSnapshot unless the log continues the snapshot:
-    contiguous entries, the snapshot's term at its index (if the log still
-    holds it), the first entry after it at index + 1 with a term no lower, and
+    contiguous entries that reach the snapshot's index (if any), with the
+    snapshot's term there, the first entry after it at index + 1 with a term no lower, and
     a hard state term no older than the log's last term."""
     s, t = (meta.index, meta.term) if meta is not None else (0, 0)
     for a, b in zip(entries, entries[1:]):
@@ -300,6 +300,11 @@ def check_follows_snapshot(
             raise LogDoesNotFollowSnapshot(
                 f"the log starts at index {first} but {what}: entries {s + 1}..{first - 1} are "
                 "missing (a snapshot older than the log's compaction, or lost)"
+            )
+        if last < s:
+            raise LogDoesNotFollowSnapshot(
+                f"the log ends at index {last}, below the snapshot's index {s}: the log reset "
+                "after installing the snapshot was lost (the log cannot continue from it)"
             )
         if first <= s <= last and entries[s - first].term != t:
             raise LogDoesNotFollowSnapshot(

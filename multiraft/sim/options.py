@@ -42,6 +42,13 @@ class SimOptions:
     liveness_steps: int = 6000
     steps_per_tick: int = 10
     election_tick: int = 10
+    # Crashes inside a persist round (between the snapshot save and the log
+    # reset, between the write and the fsync; torn writes), per round with
+    # entries (rounds with a snapshot crash far more often).
+    midround_crash_rate: float = 0.0
+    # A smaller snapshot interval while a group is joint (0: the usual one),
+    # so that snapshots are taken and installed with joint configs.
+    joint_snapshot_interval_entries: int = 0
 
     @classmethod
     def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> "SimOptions":
@@ -73,6 +80,8 @@ class SimOptions:
             cas_fraction=rng.choice([0.0, 0.2, 0.4]),
             read_fraction=rng.choice([0.2, 0.5]),
             chaos_steps=chaos_steps,
+            midround_crash_rate=rng.choice([0.0, 0.0, 0.0005, 0.002]),
+            joint_snapshot_interval_entries=rng.choice([0, 1, 3]),
         )
 
     def describe(self) -> str:
