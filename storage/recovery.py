@@ -62,6 +62,13 @@ def recover_group(log, snapshots, group: int, *, sync: bool = True) -> Recovered
             group,
         )
     hs2, entries2, reason = follow_snapshot(meta, hs or HardState(), entries)
+    if meta is not None and not entries2 and base < meta.index:
+        # The log never recorded the snapshot's base (the reset after it was
+        # lost, with no entries to drop): without it the next append, at
+        # index + 1, would leave a gap that the log refuses.
+        reason = "; ".join(
+            filter(None, [reason, f"the log's base {base} is behind the snapshot at {meta.index}: reset to it"])
+        )
     try:
         check_follows_snapshot(meta, hs2, entries2)
     except LogDoesNotFollowSnapshot as exc:
@@ -69,13 +76,13 @@ def recover_group(log, snapshots, group: int, *, sync: bool = True) -> Recovered
     if reason is None:
         return RecoveredGroup(hs, snap, entries)
     logger.warning("group %d: repairing the log after a crash in the middle of a round: %s", group, reason)
-    dropped = len(entries2) != len(entries)
-    assert meta is not None or not dropped
+    reset = meta is not None and not entries2 and base < meta.index
+    assert meta is not None or len(entries2) == len(entries)
     log.write(
         [
             GroupWrite(
                 group,
-                compact_to=(meta.index, meta.term) if dropped and meta is not None else None,
+                compact_to=(meta.index, meta.term) if reset and meta is not None else None,
                 hard_state=hs2 if hs2 != hs else None,
             )
         ],

@@ -275,7 +275,8 @@ def _open(base):
 
 
 def _restart(base) -> dict:
-    """Recover both groups as the worker does and build their cores."""
+    """Recover both groups as the worker does and build their cores; then
+    check that the log takes the core's next append (no gap after a reset)."""
     log, snaps = _open(base)
     try:
         out = {}
@@ -291,17 +292,31 @@ def _restart(base) -> dict:
         log.close()
 
 
+def _append_after(base, got: dict) -> None:
+    log, _snaps = _open(base)
+    try:
+        for g, (_rec, raft) in got.items():
+            nxt = raft.log.last_index() + 1
+            log.write([GroupWrite(g, entries=[Entry(raft.term, nxt, 0, b"next")], hard_state=HardState(raft.term, None, 0))])
+            assert log.last_index(g) == nxt
+    finally:
+        log.close()
+
+
 def _check_outcome(kind: str, got: dict) -> str:
     """Assert the outcome is a valid state of the round; return which one."""
     rec, raft = got[crash_child.SNAP_GROUP]
     snap = crash_child.round_snapshot(kind)
-    if rec.snapshot is None:
+    if kind == "install_empty" and rec.snapshot == crash_child.initial_snapshot():
+        assert raft.log.entries == [] and raft.log.snapshot_index == 12 and raft.term == 1
+        outcome = "before"
+    elif rec.snapshot is None:
         assert raft.log.entries == OLD_G1 and raft.term == 1 and raft.vote == "n1"
         outcome = "before"
     else:
         assert rec.snapshot == snap
         assert raft.log.snapshot_index == snap.meta.index and raft.conf == snap.meta.conf_state
-        if kind == "install":
+        if kind.startswith("install"):
             # Every old entry came from another history: none may survive.
             assert raft.log.entries == [] and raft.term >= 2
         else:
@@ -316,7 +331,7 @@ def _check_outcome(kind: str, got: dict) -> str:
 
 def _crash_round(tmp_path, kind: str, point: str) -> Path:
     base = tmp_path / f"{kind}-{point}"
-    crash_child.setup_round(str(base))
+    crash_child.setup_round(str(base), kind)
     child = Path(__file__).with_name("storage_crash_child.py")
     proc = subprocess.run(
         [sys.executable, str(child), "snapround", str(base), kind, point], capture_output=True, text=True, timeout=60
@@ -325,7 +340,7 @@ def _crash_round(tmp_path, kind: str, point: str) -> Path:
     return base
 
 
-@pytest.mark.parametrize("kind", ["install", "local"])
+@pytest.mark.parametrize("kind", ["install", "install_empty", "local"])
 def test_sigkill_at_every_point_of_a_snapshot_round_restarts_into_a_valid_state(tmp_path, kind):
     seen = {}
     for point in crash_child.POINTS:
@@ -335,10 +350,11 @@ def test_sigkill_at_every_point_of_a_snapshot_round_restarts_into_a_valid_state(
         again = _restart(base)
         assert all(rec.repaired is None for rec, _ in again.values()), point
         assert _check_outcome(kind, again) in ("before", "after")
+        _append_after(base, again)
     assert seen["in_snapshot_save"] == "before"
     # SIGKILL keeps the page cache: the unsynced write survives the process.
     assert seen["after_write"] == seen["after_fsync"] == "after"
-    if kind == "install":
+    if kind.startswith("install"):
         # The lost log reset (and hard state) is finished at restart.
         assert seen["after_snapshot_save"] == "repaired"
     else:
@@ -346,13 +362,13 @@ def test_sigkill_at_every_point_of_a_snapshot_round_restarts_into_a_valid_state(
         assert seen["after_snapshot_save"] == "after"
 
 
-@pytest.mark.parametrize("kind", ["install", "local"])
+@pytest.mark.parametrize("kind", ["install", "install_empty", "local"])
 def test_power_loss_keeping_any_prefix_of_the_unsynced_round_restarts_into_a_valid_state(tmp_path, kind):
     base = _crash_round(tmp_path, kind, "after_write")
     seg = segment_files(base)[0]
     data = seg.read_bytes()
     setup = tmp_path / "setup"
-    crash_child.setup_round(str(setup))
+    crash_child.setup_round(str(setup), kind)
     start = segment_files(setup)[0].stat().st_size  # where the round's write begins
     spans = [s for s in record_spans(seg) if s[0] >= start]
     assert len(spans) >= 3
@@ -362,7 +378,9 @@ def test_power_loss_keeping_any_prefix_of_the_unsynced_round_restarts_into_a_val
         work = tmp_path / f"cut{cut}"
         shutil.copytree(base, work)
         (work / "logs" / seg.name).write_bytes(data[:cut])
-        outcomes.add(_check_outcome(kind, _restart(work)))
+        got = _restart(work)
+        outcomes.add(_check_outcome(kind, got))
+        _append_after(work, got)
     assert "after" in outcomes
-    if kind == "install":
+    if kind.startswith("install"):
         assert "repaired" in outcomes  # e.g. the reset kept, the hard state torn off

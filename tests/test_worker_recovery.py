@@ -70,3 +70,18 @@ async def test_a_snapshot_older_than_the_logs_compaction_fails_only_that_group(t
                 assert (await c.call("put", 1, b"after", b"x", 0, 0))[0] == "ok"
             await cluster.wait_applied(1, cluster.workers[cluster.leader_of(1)].groups[1].raft.log.applied, nodes=("n2",))
             assert {k: v for k, v in disk_image(d).items() if "0_n2" in k} == {k: v for k, v in before.items() if "0_n2" in k}
+
+
+async def test_importing_a_group_state_whose_log_does_not_follow_its_snapshot_is_refused_unwritten(tmp_path, autojump_clock):
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path) as cluster:
+            await _fill(cluster, [0], n=10)
+            w = cluster.workers["n2"]
+            exported = await w.group_op("export_group", 0)
+            state = exported["state"]
+            index = state["snapshot"][0]
+            bad = dict(state, entries=[[state["hard_state"][0], index + 5, 0, b"x"]])  # a gap after the snapshot
+            result = await w.group_op("import_group", 0, bad)
+            assert not result["ok"] and "inconsistent" in result["error"] and "missing" in result["error"]
+            assert 0 not in w.groups
+            assert (await w.group_op("import_group", 0, state))["ok"]
