@@ -18,7 +18,7 @@ import logging
 import attrs
 
 from multiraft.raft.errors import LogDoesNotFollowSnapshot
-from multiraft.raft.log import check_follows_snapshot, follow_snapshot
+from multiraft.raft.log import check_follows_snapshot, follow_snapshot, reset_needed
 from multiraft.raft.types import Entry, HardState, Snapshot
 
 from .batch import GroupWrite
@@ -62,10 +62,8 @@ def recover_group(log, snapshots, group: int, *, sync: bool = True) -> Recovered
             group,
         )
     hs2, entries2, reason = follow_snapshot(meta, hs or HardState(), entries)
-    if meta is not None and not entries2 and base < meta.index:
-        # The log never recorded the snapshot's base (the reset after it was
-        # lost, with no entries to drop): without it the next append, at
-        # index + 1, would leave a gap that the log refuses.
+    reset = reset_needed(meta, base, entries2)
+    if reset and not entries and meta is not None:  # (with entries, follow_snapshot said why)
         reason = "; ".join(
             filter(None, [reason, f"the log's base {base} is behind the snapshot at {meta.index}: reset to it"])
         )
@@ -76,7 +74,6 @@ def recover_group(log, snapshots, group: int, *, sync: bool = True) -> Recovered
     if reason is None:
         return RecoveredGroup(hs, snap, entries)
     logger.warning("group %d: repairing the log after a crash in the middle of a round: %s", group, reason)
-    reset = meta is not None and not entries2 and base < meta.index
     assert meta is not None or len(entries2) == len(entries)
     log.write(
         [

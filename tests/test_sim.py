@@ -109,3 +109,12 @@ def test_sim_catches_a_restart_that_skips_finishing_an_interrupted_snapshot_roun
     monkeypatch.setattr(cluster, "follow_snapshot", lambda meta, hs, entries: (hs, entries, None))
     violation = _first_violation(RESTART_REPAIR_SEEDS)
     assert violation is not None and "LogDoesNotFollowSnapshot" in violation
+
+
+def test_sim_catches_a_restart_that_leaves_the_log_base_behind_its_snapshot(monkeypatch):
+    """Without the reset, the next append leaves a gap the disk refuses."""
+    from multiraft.sim import cluster
+
+    monkeypatch.setattr(cluster, "reset_needed", lambda meta, base, entries: False)
+    violation = _first_violation((27, 36))
+    assert violation is not None and "a gap in the log" in violation

@@ -279,6 +279,14 @@ def follow_snapshot(
     return hard_state, entries, "; ".join(reasons) or None
 
 
+def reset_needed(meta: SnapshotMeta | None, log_base: int, entries: list[Entry]) -> bool:
+    """After follow_snapshot: must the stored log be reset to the snapshot?
+    Yes when it holds no entries and its base is behind the snapshot (the
+    reset was lost): the next append, at the snapshot's index + 1, would
+    otherwise leave a gap that the log refuses."""
+    return meta is not None and meta.index > 0 and not entries and log_base < meta.index
+
+
 def check_follows_snapshot(
     meta: SnapshotMeta | None, hard_state: HardState, entries: list[Entry] | tuple[Entry, ...]
 ) -> None:

@@ -15,7 +15,7 @@ import attrs
 
 from multiraft import kv
 from multiraft.raft.config import Config
-from multiraft.raft.log import follow_snapshot
+from multiraft.raft.log import follow_snapshot, reset_needed
 from multiraft.raft.state import RaftState
 from multiraft.raft.types import EntryType, Ready, ReadOnlyOption, StateRole
 
@@ -242,6 +242,10 @@ class SimNode:
         # inside a round left, durably; the core refuses anything else.
         meta = gd.snapshot.meta if gd.snapshot is not None else None
         hs, entries, repaired = follow_snapshot(meta, gd.hard_state, list(gd.entries))
+        if reset_needed(meta, gd.base, entries):
+            assert meta is not None
+            gd.apply(("base", meta.index, meta.term))
+            repaired = repaired or "reset"
         if repaired is not None:
             gd.hard_state, gd.entries = hs, entries
             if counters is not None:

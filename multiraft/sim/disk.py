@@ -31,6 +31,9 @@ class GroupDisk:
     hard_state: HardState = HardState()
     snapshot: Snapshot | None = None
     entries: list[Entry] = attrs.field(factory=list)
+    # The log's base (the last "base" record's index). Invariant: entries, if
+    # any, start at base + 1.
+    base: int = 0
 
     def save_snapshot_file(self, snap: Snapshot) -> None:
         """Durable at once: the real store fsyncs the files and renames them."""
@@ -42,23 +45,28 @@ class GroupDisk:
         if kind == "base":
             _, index, term = op
             ents = self.entries
-            if ents and ents[0].index > index:
+            if index <= self.base:
                 return  # already compacted past it: a no-op, as in storage
             if ents and index <= ents[-1].index and ents[index - ents[0].index].term == term:
                 self.entries = ents[index - ents[0].index + 1 :]
             else:
                 self.entries = []
+            self.base = index
         elif kind == "entries":
             first = op[1][0].index
             # Storage refuses a write that leaves a gap (InvalidWriteError).
-            assert not self.entries or first <= self.entries[-1].index + 1, ("a gap in the log", first, self.entries[-1])
+            assert self.base < first <= self.last_index() + 1, ("a gap in the log", first, self.base, self.last_index())
             self.entries = [e for e in self.entries if e.index < first] + list(op[1])
         else:
             self.hard_state = op[1]
 
+    def last_index(self) -> int:
+        return self.entries[-1].index if self.entries else self.base
+
     def check(self) -> None:
         for a, b in zip(self.entries, self.entries[1:]):
             assert b.index == a.index + 1, (a, b)
+        assert not self.entries or self.entries[0].index == self.base + 1
 
 
 def round_ops(rd: Ready) -> list[tuple]:
