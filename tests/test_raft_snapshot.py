@@ -288,3 +288,91 @@ def test_uncommitted_tail_persisted_before_restart_is_replaced_if_it_conflicts_5
     assert net.durable["n1"]["hs"] == HardState(
         net.nodes["n1"].term, net.nodes["n1"].vote, net.nodes["n1"].log.committed
     )
+
+
+# ---- restarting from a log that does not follow its snapshot (the disk's fault) ------------
+
+
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+
+from multiraft.raft.config import Config  # noqa: E402
+from multiraft.raft.errors import LogDoesNotFollowSnapshot  # noqa: E402
+from multiraft.raft.log import follow_snapshot  # noqa: E402
+from multiraft.raft.state import RaftState  # noqa: E402
+from multiraft.raft.types import ConfState, Entry  # noqa: E402
+
+_CONF = ConfState(voters=frozenset(IDS))
+
+
+def _restart(snap_index, snap_term, entries, hs=HardState(5, None, 0), group=7):
+    snap = Snapshot(SnapshotMeta(snap_index, snap_term, _CONF), b"img") if snap_index else None
+    ents = [Entry(t, i, 0, b"") for i, t in entries]
+    return RaftState(Config("n1"), random.Random(1), hard_state=hs, snapshot=snap, entries=ents, group=group)
+
+
+def test_restart_refuses_a_log_that_starts_after_the_snapshot_with_a_typed_error_naming_the_group_7():
+    with pytest.raises(LogDoesNotFollowSnapshot, match="group 7: .*missing") as info:
+        _restart(10, 2, [(13, 2), (14, 2)])  # entries 11, 12 are gone
+    assert info.value.group == 7
+
+
+def test_restart_refuses_a_compacted_log_without_a_snapshot_7():
+    with pytest.raises(LogDoesNotFollowSnapshot, match="no snapshot"):
+        _restart(0, 0, [(5, 1), (6, 1)])
+
+
+def test_restart_refuses_a_log_whose_term_at_the_snapshot_index_conflicts_7():
+    with pytest.raises(LogDoesNotFollowSnapshot, match="term 1 at index 10"):
+        _restart(10, 3, [(9, 1), (10, 1), (11, 1)])
+
+
+def test_restart_refuses_entries_after_the_snapshot_of_an_older_term_7():
+    with pytest.raises(LogDoesNotFollowSnapshot, match="entry 11 has term 1"):
+        _restart(10, 3, [(11, 1), (12, 1)])
+
+
+def test_restart_refuses_a_hard_state_older_than_the_snapshot_emptied_log_7():
+    """A log emptied (or lost) under a snapshot: no hard state survives."""
+    with pytest.raises(LogDoesNotFollowSnapshot, match="hard state"):
+        _restart(10, 3, [], hs=HardState())
+
+
+def test_restart_accepts_a_log_compacted_with_a_lag_below_the_snapshot_7():
+    r = _restart(10, 2, [(8, 2), (9, 2), (10, 2), (11, 3)])
+    assert r.log.snapshot_index == 10 and [e.index for e in r.log.entries] == [11]
+
+
+def test_follow_snapshot_drops_a_log_the_lost_reset_left_conflicting_7():
+    """Crash after the leader's snapshot was saved, before the log reset."""
+    meta = SnapshotMeta(10, 3, _CONF)
+    ents = [Entry(1, i, 0, b"") for i in range(5, 13)]
+    hs, kept, reason = follow_snapshot(meta, HardState(3, "n2", 4), ents)
+    assert kept == [] and hs == HardState(3, "n2", 4) and "conflict" in reason
+    r = RaftState(Config("n1"), random.Random(1), hard_state=hs, snapshot=Snapshot(meta, b""), entries=kept)
+    assert r.log.last_index() == 10
+
+
+def test_follow_snapshot_raises_a_term_whose_hard_state_record_was_torn_off_7():
+    meta = SnapshotMeta(10, 3, _CONF)
+    hs, kept, reason = follow_snapshot(meta, HardState(2, "n2", 4), [])
+    assert hs == HardState(3, None, 4) and "torn" in reason
+
+
+def test_follow_snapshot_leaves_a_consistent_log_alone_7():
+    meta = SnapshotMeta(10, 3, _CONF)
+    ents = [Entry(3, i, 0, b"") for i in range(8, 13)]
+    assert follow_snapshot(meta, HardState(3, None, 12), ents) == (HardState(3, None, 12), ents, None)
+
+
+def test_restart_refuses_a_log_that_ends_below_the_snapshot_it_should_have_been_reset_to_7():
+    """The store refuses to append after a gap; the core refuses first."""
+    with pytest.raises(LogDoesNotFollowSnapshot, match="ends at index 6, below"):
+        _restart(10, 2, [(5, 1), (6, 1)])
+
+
+def test_follow_snapshot_drops_entries_the_snapshot_covers_when_the_reset_was_lost_7():
+    meta = SnapshotMeta(10, 2, _CONF)
+    hs, kept, reason = follow_snapshot(meta, HardState(2, None, 4), [Entry(1, 5, 0, b""), Entry(1, 6, 0, b"")])
+    assert kept == [] and "covered" in reason

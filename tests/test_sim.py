@@ -114,3 +114,25 @@ def test_sim_catches_a_decoder_that_ignores_the_frame_checksum(monkeypatch):
             violation = result.violation
             break
     assert violation is not None and "flipped was accepted" in violation
+# Seeds whose mid-round crashes leave a log that recovery must repair (the
+# log reset after an installed snapshot lost).
+RESTART_REPAIR_SEEDS = (29, 44)
+
+
+def test_sim_catches_a_restart_that_skips_finishing_an_interrupted_snapshot_round(monkeypatch):
+    """The old recovery: the log a mid-round crash left is handed to the core
+    as is. The core must refuse it (LogDoesNotFollowSnapshot), so the sim fails."""
+    from multiraft.sim import cluster
+
+    monkeypatch.setattr(cluster, "follow_snapshot", lambda meta, hs, entries: (hs, entries, None))
+    violation = _first_violation(RESTART_REPAIR_SEEDS)
+    assert violation is not None and "LogDoesNotFollowSnapshot" in violation
+
+
+def test_sim_catches_a_restart_that_leaves_the_log_base_behind_its_snapshot(monkeypatch):
+    """Without the reset, the next append leaves a gap the disk refuses."""
+    from multiraft.sim import cluster
+
+    monkeypatch.setattr(cluster, "reset_needed", lambda meta, base, entries: False)
+    violation = _first_violation((27, 36))
+    assert violation is not None and "a gap in the log" in violation

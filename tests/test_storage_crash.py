@@ -244,3 +244,143 @@ def test_sigkill_loses_nothing_that_was_reported_synced(tmp_path):
         missing = reported - found
         assert not missing, f"round {rounds}: {len(missing)} synced records lost, e.g. {sorted(missing)[:5]}"
     assert rounds >= 2 and len(reported) > 20
+
+
+# ---- a persist round with a snapshot, killed between its steps ------------------------------
+#
+# The worker's order: the snapshot made durable, then one log write (the new
+# base, entries, hard state), then one fsync. The child SIGKILLs itself at each
+# point; a power loss may also keep only a prefix of the unsynced write (cut at
+# every record boundary of it, and inside records). Every outcome must restart
+# into a state the core accepts, equal to the state before the round or after
+# it (what the crash kept), never a mix that holds wrong data.
+
+import random as _random  # noqa: E402
+
+import storage_crash_child as crash_child  # noqa: E402
+
+from multiraft.raft.config import Config  # noqa: E402
+from multiraft.raft.state import RaftState  # noqa: E402
+from storage import SnapshotStore  # noqa: E402
+from storage.recovery import recover_group  # noqa: E402
+
+OLD_G1 = [Entry(1, i, 0, b"old%d" % i) for i in range(1, 13)]
+OLD_G2 = [Entry(1, i, 0, b"g2-%d" % i) for i in range(1, 4)]
+NEW_G2 = [Entry(2, i, 0, b"g2-%d" % i) for i in range(4, 7)]
+
+
+def _open(base):
+    o = crash_child._opts(str(base))
+    return SegmentedLog(o), SnapshotStore(o.snapshot_dir(), "n1")
+
+
+def _restart(base) -> dict:
+    """Recover both groups as the worker does and build their cores; then
+    check that the log takes the core's next append (no gap after a reset)."""
+    log, snaps = _open(base)
+    try:
+        out = {}
+        for g in (crash_child.SNAP_GROUP, crash_child.OTHER_GROUP):
+            rec = recover_group(log, snaps, g)
+            raft = RaftState(
+                Config("n1"), _random.Random(0), hard_state=rec.hard_state or HardState(),
+                snapshot=rec.snapshot, entries=rec.entries, group=g,
+            )
+            out[g] = (rec, raft)
+        return out
+    finally:
+        log.close()
+
+
+def _append_after(base, got: dict) -> None:
+    log, _snaps = _open(base)
+    try:
+        for g, (_rec, raft) in got.items():
+            nxt = raft.log.last_index() + 1
+            log.write([GroupWrite(g, entries=[Entry(raft.term, nxt, 0, b"next")], hard_state=HardState(raft.term, None, 0))])
+            assert log.last_index(g) == nxt
+    finally:
+        log.close()
+
+
+def _check_outcome(kind: str, got: dict) -> str:
+    """Assert the outcome is a valid state of the round; return which one."""
+    rec, raft = got[crash_child.SNAP_GROUP]
+    snap = crash_child.round_snapshot(kind)
+    if kind == "install_empty" and rec.snapshot == crash_child.initial_snapshot():
+        assert raft.log.entries == [] and raft.log.snapshot_index == 12 and raft.term == 1
+        outcome = "before"
+    elif rec.snapshot is None:
+        assert raft.log.entries == OLD_G1 and raft.term == 1 and raft.vote == "n1"
+        outcome = "before"
+    else:
+        assert rec.snapshot == snap
+        assert raft.log.snapshot_index == snap.meta.index and raft.conf == snap.meta.conf_state
+        if kind.startswith("install"):
+            # Every old entry came from another history: none may survive.
+            assert raft.log.entries == [] and raft.term >= 2
+        else:
+            assert raft.log.entries == OLD_G1[snap.meta.index :] and raft.term == 1
+        outcome = "repaired" if rec.repaired else "after"
+    rec2, raft2 = got[crash_child.OTHER_GROUP]
+    ents = raft2.log.entries
+    assert ents[:3] == OLD_G2 and ents[3:] == NEW_G2[: len(ents) - 3]
+    assert raft2.term >= ents[-1].term
+    return outcome
+
+
+def _crash_round(tmp_path, kind: str, point: str) -> Path:
+    base = tmp_path / f"{kind}-{point}"
+    crash_child.setup_round(str(base), kind)
+    child = Path(__file__).with_name("storage_crash_child.py")
+    proc = subprocess.run(
+        [sys.executable, str(child), "snapround", str(base), kind, point], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -signal.SIGKILL and proc.stdout.strip() == point, proc.stderr
+    return base
+
+
+@pytest.mark.parametrize("kind", ["install", "install_empty", "local"])
+def test_sigkill_at_every_point_of_a_snapshot_round_restarts_into_a_valid_state(tmp_path, kind):
+    seen = {}
+    for point in crash_child.POINTS:
+        base = _crash_round(tmp_path, kind, point)
+        seen[point] = _check_outcome(kind, _restart(base))
+        # The repair is durable: a second restart finds nothing left to do.
+        again = _restart(base)
+        assert all(rec.repaired is None for rec, _ in again.values()), point
+        assert _check_outcome(kind, again) in ("before", "after")
+        _append_after(base, again)
+    assert seen["in_snapshot_save"] == "before"
+    # SIGKILL keeps the page cache: the unsynced write survives the process.
+    assert seen["after_write"] == seen["after_fsync"] == "after"
+    if kind.startswith("install"):
+        # The lost log reset (and hard state) is finished at restart.
+        assert seen["after_snapshot_save"] == "repaired"
+    else:
+        # A pending compaction needs no repair: the log still holds the snapshot's index.
+        assert seen["after_snapshot_save"] == "after"
+
+
+@pytest.mark.parametrize("kind", ["install", "install_empty", "local"])
+def test_power_loss_keeping_any_prefix_of_the_unsynced_round_restarts_into_a_valid_state(tmp_path, kind):
+    base = _crash_round(tmp_path, kind, "after_write")
+    seg = segment_files(base)[0]
+    data = seg.read_bytes()
+    setup = tmp_path / "setup"
+    crash_child.setup_round(str(setup), kind)
+    start = segment_files(setup)[0].stat().st_size  # where the round's write begins
+    spans = [s for s in record_spans(seg) if s[0] >= start]
+    assert len(spans) >= 3
+    cuts = sorted({start, *(b for _a, b in spans), *(a + 7 for a, _b in spans)})
+    outcomes = set()
+    for cut in cuts:
+        work = tmp_path / f"cut{cut}"
+        shutil.copytree(base, work)
+        (work / "logs" / seg.name).write_bytes(data[:cut])
+        got = _restart(work)
+        outcomes.add(_check_outcome(kind, got))
+        _append_after(work, got)
+    assert "after" in outcomes
+    if kind.startswith("install"):
+        assert "repaired" in outcomes  # e.g. the reset kept, the hard state torn off

@@ -29,7 +29,8 @@ import trio
 
 from multiraft import kv, protocol
 from multiraft.raft.confchange import ChangeKind, ConfChange, SingleChange
-from multiraft.raft.errors import Busy, ConfChangeRejected, NotLeader, RaftError
+from multiraft.raft.errors import Busy, ConfChangeRejected, LogDoesNotFollowSnapshot, NotLeader, RaftError
+from multiraft.raft.log import check_follows_snapshot
 from multiraft.raft.state import RaftState
 from multiraft.raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta, StateRole
 from multiraft.replica import SEPARATOR, ReplicaIdError, incarnation_of, node_of
@@ -303,6 +304,11 @@ async def _import(worker: "Worker", gid: int, data: Any) -> dict:
         raise _OpError(f"malformed group state: {exc!r}") from None
     if gid in worker.groups:
         raise _OpError(f"group {gid} is already on this worker")
+    try:
+        # Refused before anything is written (the core would refuse it after).
+        check_follows_snapshot(snap.meta if snap is not None else None, hs, entries)
+    except LogDoesNotFollowSnapshot as exc:
+        raise _OpError(f"the exported group state is inconsistent: {exc.reason}") from None
     sm = kv.KVStateMachine()
     if snap is not None:
         try:

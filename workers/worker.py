@@ -49,7 +49,7 @@ import trio
 
 from multiraft import kv, protocol
 from multiraft.raft.config import Config
-from multiraft.raft.errors import Busy, NotLeader
+from multiraft.raft.errors import Busy, LogDoesNotFollowSnapshot, NotLeader
 from multiraft.raft.state import RaftState
 from multiraft.raft.types import (
     Entry,
@@ -64,6 +64,7 @@ from multiraft.raft.types import (
 from multiraft.replica import node_of
 from multiraft.wire import worker_address
 from storage import GroupWrite, SegmentedLog, SnapshotStore, StorageError
+from storage.recovery import recover_group
 
 from .client_server import ClientServer, Connection
 from .config import ConfigError, WorkerConfig, parse_host_port
@@ -120,6 +121,8 @@ STAT_NAMES = (
     "snapshots_installed",
     "routing_updates",
     "routing_errors",
+    "recovery_repairs",  # groups whose log a mid-round crash left to finish at start
+    "groups_refused",  # groups whose log does not follow their snapshot: failed, disk untouched
 )
 
 
@@ -343,20 +346,25 @@ class Worker:
         self.log.write([GroupWrite(gid, remove=True)], sync=self.config.sync_on_write)
         self.snapshots.delete_snapshot(gid)
 
-    def _load_state(self) -> dict[int, tuple]:
-        """Blocking: each configured group's (hard state, snapshot, entries)."""
+    def _load_state(self) -> dict[int, tuple | LogDoesNotFollowSnapshot]:
+        """Blocking: each configured group's (hard state, snapshot, entries),
+        after finishing what a crash in the middle of a round left undone
+        (storage.recovery); or the refusal of a group whose log does not
+        follow its snapshot (that group fails; the others start)."""
         log, snaps = self.log, self.snapshots
         assert log is not None and snaps is not None
-        out = {}
+        out: dict[int, tuple | LogDoesNotFollowSnapshot] = {}
         for gid in self.config.groups:
             try:
-                snap = snaps.load_snapshot(gid)
-                hs = log.hard_state(gid)
-                first, last = log.first_index(gid), log.last_index(gid)
-                entries = log.entries(gid, first, last + 1) if last >= first else []
+                rec = recover_group(log, snaps, gid, sync=self.config.sync_on_write)
+            except LogDoesNotFollowSnapshot as exc:
+                out[gid] = exc
+                continue
             except StorageError as exc:
                 raise WorkerError(f"group {gid}: cannot recover: {exc}") from None
-            out[gid] = (hs, snap, entries)
+            if rec.repaired is not None:
+                self.counters["recovery_repairs"] += 1
+            out[gid] = (rec.hard_state, rec.snapshot, rec.entries)
         return out
 
     def _raft_config(self, rid: str) -> Config:
@@ -374,21 +382,38 @@ class Worker:
         cfg = self.config
         for gid, voters in cfg.groups.items():
             rid = cfg.replica_id(gid)
-            hs, snap, entries = state[gid]
-            fresh = hs is None and snap is None and not entries
+            rc = self._raft_config(rid)
             if cfg.seed is not None:
                 rng = random.Random(cfg.seed * 1_000_003 + gid)
             else:
                 rng = random.Random(os.urandom(16))
-            raft = RaftState(
-                self._raft_config(rid),
-                rng,
-                hard_state=hs or HardState(),
-                snapshot=snap,
-                entries=entries,
-                # Initial voters are incarnation 0 (bare node ids) by definition.
-                initial_voters=tuple(voters) if fresh and rid in voters else None,
-            )
+            loaded = state[gid]
+            refused = loaded if isinstance(loaded, LogDoesNotFollowSnapshot) else None
+            if refused is None:
+                hs, snap, entries = loaded
+                fresh = hs is None and snap is None and not entries
+                try:
+                    raft = RaftState(
+                        rc,
+                        rng,
+                        hard_state=hs or HardState(),
+                        snapshot=snap,
+                        entries=entries,
+                        # Initial voters are incarnation 0 (bare node ids) by definition.
+                        initial_voters=tuple(voters) if fresh and rid in voters else None,
+                        group=gid,
+                    )
+                except LogDoesNotFollowSnapshot as exc:
+                    refused = exc
+            if refused is not None:
+                # A failed group, not a crash loop: an empty core that is never
+                # driven (no Ready is taken from a failed group, so nothing of
+                # it is written), reported with the reason until an operator
+                # repairs or replaces the replica.
+                g = self.groups[gid] = Group(gid, RaftState(rc, rng, group=gid), kv.KVStateMachine())
+                self.counters["groups_refused"] += 1
+                self._fail_group(g, str(refused))
+                continue
             sm = kv.KVStateMachine()
             if snap is not None:
                 try:

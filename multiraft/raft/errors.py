@@ -35,3 +35,15 @@ class Busy(ProposalDropped):
 
 class ConfChangeRejected(RaftError):
     """The membership change is unsafe or malformed: the operator's fault."""
+
+
+class LogDoesNotFollowSnapshot(RaftError):
+    """The durable log does not continue the durable snapshot: the disk's fault
+    (a lost or emptied log segment, a snapshot older than the log's compaction,
+    a log that conflicts with the snapshot). The core refuses to start from it
+    rather than guess; `group` names the group when the driver gave it."""
+
+    def __init__(self, reason: str, group: int | None = None) -> None:
+        super().__init__(reason if group is None else f"group {group}: {reason}")
+        self.reason = reason
+        self.group = group

@@ -13,7 +13,8 @@ import bisect
 
 import attrs
 
-from .types import ENTRY_OVERHEAD_BYTES, Entry, Snapshot
+from .errors import LogDoesNotFollowSnapshot
+from .types import ENTRY_OVERHEAD_BYTES, Entry, HardState, Snapshot, SnapshotMeta
 
 
 class LogUnavailable(Exception):
@@ -220,3 +221,117 @@ class RaftLog:
         self.snapshot_index = index
         self.snapshot_term = term
         self.stable_index = max(self.stable_index, index)
+
+
+# ---- restart: does the durable log follow the durable snapshot? ---------------
+#
+# A round persists in this order (workers/worker.py, the simulator's disk): the
+# snapshot file is made durable first, then one log write carries the log's new
+# base (compact_to), the entries and the hard state, then one fsync. A crash can
+# stop anywhere in between, and a torn write keeps only a prefix of the records.
+# follow_snapshot() repairs exactly what those crash points leave behind;
+# check_follows_snapshot() refuses anything else. One rule for every driver.
+
+
+def follow_snapshot(
+    meta: SnapshotMeta | None, hard_state: HardState, entries: list[Entry]
+) -> tuple[HardState, list[Entry], str | None]:
+    """Finish an interrupted round: returns (hard state, entries, reason), the
+    reason None when nothing needed repair.
+
+    - The snapshot is durable but the log reset after it was lost: the log
+      holds the snapshot's index with another term, or ends before it. Every
+      entry goes (entries after a conflicting index come from another history).
+    - The hard state record was lost while the snapshot or entries of a newer
+      term survived: the term rises to theirs, with no vote. Safe: a vote is
+      sent only after its hard state is durable, so no vote was cast in a term
+      the disk does not know.
+    Anything else (a gap, a conflict a crash cannot cause) is left for
+    check_follows_snapshot to refuse."""
+    reasons = []
+    if meta is not None and meta.index > 0 and entries:
+        s = meta.index
+        first, last = entries[0].index, entries[-1].index
+        if first <= s <= last and entries[s - first].term != meta.term:
+            reasons.append(
+                f"entries {first}..{last} conflict with the snapshot at index {s} "
+                f"(term {entries[s - first].term} there, the snapshot's is {meta.term}): "
+                "the log reset after installing the snapshot was lost; dropped"
+            )
+            entries = []
+        elif last < s:
+            reasons.append(
+                f"entries {first}..{last} are covered by the snapshot at index {s}: "
+                "the log reset after installing the snapshot was lost; dropped"
+            )
+            entries = []
+    last_term = entries[-1].term if entries else (meta.term if meta is not None else 0)
+    emptied = hard_state.term == 0 and meta is not None and meta.index > 0
+    if last_term > hard_state.term and not emptied:
+        # (A snapshot with no hard state at all is no crash point: a snapshot
+        # arrives only after the term it came in is durable. The log was
+        # emptied or lost; refused.)
+        reasons.append(
+            f"the hard state (term {hard_state.term}) is older than the log's last term "
+            f"{last_term}: its record was lost in a torn write; the term rises, with no vote"
+        )
+        hard_state = HardState(last_term, None, hard_state.commit)
+    return hard_state, entries, "; ".join(reasons) or None
+
+
+def reset_needed(meta: SnapshotMeta | None, log_base: int, entries: list[Entry]) -> bool:
+    """After follow_snapshot: must the stored log be reset to the snapshot?
+    Yes when it holds no entries and its base is behind the snapshot (the
+    reset was lost): the next append, at the snapshot's index + 1, would
+    otherwise leave a gap that the log refuses."""
+    return meta is not None and meta.index > 0 and not entries and log_base < meta.index
+
+
+def check_follows_snapshot(
+    meta: SnapshotMeta | None, hard_state: HardState, entries: list[Entry] | tuple[Entry, ...]
+) -> None:
+    """Raise LogDoesNotFollowSnapshot unless the log continues the snapshot:
+    contiguous entries that reach the snapshot's index (if any), with the
+    snapshot's term there, the first entry after it at index + 1 with a term no lower, and
+    a hard state term no older than the log's last term."""
+    s, t = (meta.index, meta.term) if meta is not None else (0, 0)
+    for a, b in zip(entries, entries[1:]):
+        if b.index != a.index + 1 or b.term < a.term:
+            raise LogDoesNotFollowSnapshot(
+                f"the log is not contiguous: entry ({a.index}, term {a.term}) "
+                f"is followed by ({b.index}, term {b.term})"
+            )
+    if entries:
+        first, last = entries[0].index, entries[-1].index
+        if first > s + 1:
+            what = f"the snapshot ends at index {s}" if s else "there is no snapshot"
+            raise LogDoesNotFollowSnapshot(
+                f"the log starts at index {first} but {what}: entries {s + 1}..{first - 1} are "
+                "missing (a snapshot older than the log's compaction, or lost)"
+            )
+        if last < s:
+            raise LogDoesNotFollowSnapshot(
+                f"the log ends at index {last}, below the snapshot's index {s}: the log reset "
+                "after installing the snapshot was lost (the log cannot continue from it)"
+            )
+        if first <= s <= last and entries[s - first].term != t:
+            raise LogDoesNotFollowSnapshot(
+                f"the log has term {entries[s - first].term} at index {s}, the snapshot there has term {t}"
+            )
+        after = s + 1 - first  # position of entry s + 1
+        if 0 <= after < len(entries) and entries[after].term < t:
+            raise LogDoesNotFollowSnapshot(
+                f"entry {s + 1} has term {entries[after].term}, below the snapshot's term {t}"
+            )
+        below = min(after, len(entries)) - 1  # the last entry at or below s
+        if below >= 0 and entries[below].term > t:
+            raise LogDoesNotFollowSnapshot(
+                f"entry {entries[below].index} has term {entries[below].term}, "
+                f"above the snapshot's term {t} at index {s}"
+            )
+    last_term = max(t, entries[-1].term if entries else 0)
+    if last_term > hard_state.term:
+        raise LogDoesNotFollowSnapshot(
+            f"the hard state's term {hard_state.term} is older than the log's last term {last_term} "
+            "(a lost or emptied log segment?)"
+        )

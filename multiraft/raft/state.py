@@ -25,8 +25,8 @@ from .confchange import (
     decode_conf_change,
     encode_conf_change,
 )
-from .errors import Busy, ConfChangeRejected, NotLeader, RaftError
-from .log import RaftLog
+from .errors import Busy, ConfChangeRejected, LogDoesNotFollowSnapshot, NotLeader, RaftError
+from .log import RaftLog, check_follows_snapshot
 from .progress import Inflights, Progress, ProgressState
 from .types import (
     ConfState,
@@ -94,8 +94,14 @@ class RaftState:
         snapshot: Snapshot | None = None,
         entries: list[Entry] | tuple[Entry, ...] = (),
         initial_voters: tuple[NodeId, ...] | None = None,
+        group: int | None = None,
     ) -> None:
         """Restart from persisted state, or bootstrap a brand-new group.
+
+        Raises LogDoesNotFollowSnapshot (naming `group`, a label for errors
+        only) when the log does not continue the snapshot: the disk's fault.
+        The driver first repairs what a crash in the middle of a round leaves
+        (log.follow_snapshot); anything still inconsistent is refused here.
 
         `snapshot` is the latest durable snapshot (its conf_state is the config
         to start from); `entries` the durable log after it. The state machine
@@ -149,6 +155,10 @@ class RaftState:
         self._reads_waiting_commit: list[tuple[bytes, NodeId, bool]] = []
         self._snap_assembly: _SnapshotAssembly | None = None
 
+        try:
+            check_follows_snapshot(snapshot.meta if snapshot is not None else None, hard_state, entries)
+        except LogDoesNotFollowSnapshot as exc:
+            raise LogDoesNotFollowSnapshot(exc.reason, group) from None
         if snapshot is not None and snapshot.meta.index > 0:
             self.log.restore(snapshot)
             self.log.pending_snapshot = None  # already durable

@@ -15,6 +15,7 @@ import attrs
 
 from multiraft import kv
 from multiraft.raft.config import Config
+from multiraft.raft.log import follow_snapshot, reset_needed
 from multiraft.raft.state import RaftState
 from multiraft.raft.types import EntryType, Ready, ReadOnlyOption, StateRole
 
@@ -69,6 +70,8 @@ class Replica:
                     return
                 rd, self.inflight = self.inflight, None
                 self._finish(sim, now, rd)
+                if sim.midround_crash is not None:
+                    return
                 continue
             if not self.raft.has_ready():
                 return
@@ -81,12 +84,34 @@ class Replica:
                 self.inflight_done_at = now + latency
                 return
             self._finish(sim, now, rd)
+            if sim.midround_crash is not None:
+                return
+
+    def _midround_crash_point(self, sim: "Sim", rd: Ready) -> str | None:
+        """Maybe crash inside this round: after the snapshot is saved and
+        before the log reset, or after the write and before the fsync."""
+        rate = sim.options.midround_crash_rate
+        if not rate or not (rd.entries or rd.snapshot is not None) or not sim.may_crash_midround():
+            return None
+        if rd.snapshot is not None:
+            if sim.rng.random() < 0.3:
+                return sim.rng.choice(["after_snapshot_save", "before_fsync"])
+        elif sim.rng.random() < rate:
+            return "before_fsync"
+        return None
 
     def _finish(self, sim: "Sim", now: int, rd: Ready) -> None:
         raft = self.raft
         if rd.entries:
             sim.safety.on_persist(self.group, self.raft.id, rd.entries, self._prev_term_of(rd))
-        self.node.worker_disk(self.group).write(self.group, rd)
+        if rd.snapshot is not None and rd.snapshot.meta.conf_state.joint:
+            sim.counters["joint_snapshots"] += 1
+        stop = self._midround_crash_point(sim, rd)
+        self.node.worker_disk(self.group).write(self.group, rd, stop)
+        if stop is not None:
+            # The worker dies here: nothing acknowledged, applied or advanced.
+            sim.midround_crash = (self.node, self.node.worker_of(self.group))
+            return
         for m in rd.messages_after_persist:
             sim.network.send(now, self.group, m)
         if rd.snapshot is not None:
@@ -133,15 +158,24 @@ class Replica:
 
     def _maybe_snapshot(self, sim: "Sim") -> None:
         log = self.raft.log
-        if log.applied - log.snapshot_index < sim.options.snapshot_interval_entries:
+        o = sim.options
+        interval = o.snapshot_interval_entries
+        if self.raft.conf.joint and o.joint_snapshot_interval_entries:
+            interval = min(interval, o.joint_snapshot_interval_entries)
+        if log.applied - log.snapshot_index < interval:
             return
         if self.inflight is not None:
             return
-        snap = self.raft.create_snapshot(self.kv.snapshot(), sim.options.compact_lag_entries)
-        self.node.worker_disk(self.group).group(self.group).save_snapshot(
-            snap, self.raft.log.snapshot_index
+        snap = self.raft.create_snapshot(self.kv.snapshot(), o.compact_lag_entries)
+        self.node.worker_disk(self.group).save_local_snapshot(
+            self.group, snap, (log.snapshot_index, log.snapshot_term)
         )
         sim.counters["snapshots_taken"] += 1
+        if snap.meta.conf_state.joint:
+            sim.counters["joint_snapshots"] += 1
+        if o.midround_crash_rate and sim.may_crash_midround() and sim.rng.random() < 0.05:
+            # Between the snapshot save and the compaction record's fsync.
+            sim.midround_crash = (self.node, self.node.worker_of(self.group))
 
     def observe(self, sim: "Sim") -> None:
         """Feed the safety checker what changed since the last look."""
@@ -213,9 +247,11 @@ class SimNode:
             return False
         self.tombstones[group] = max(self.tombstones.get(group, -1), incarnation_of(rid))
         self.replicas.pop(group, None)
+        # As the worker: a DROP record written and synced (the fsync makes the
+        # worker's other pending records durable too).
         disk = self.worker_disk(group)
+        disk.flush()
         disk.groups.pop(group, None)
-        disk.unsynced_hard_states.pop(group, None)
         return True
 
     def create_replica(self, group: int, initial_voters, sim_rng: random.Random, rid: str | None = None) -> Replica:
@@ -233,14 +269,27 @@ class SimNode:
         self.worker_disk(group).group(group)  # the replica exists on disk from now on
         return r
 
-    def restart_replica(self, group: int, sim_rng: random.Random) -> Replica:
+    def restart_replica(self, group: int, sim_rng: random.Random, counters=None) -> Replica:
         gd = self.worker_disk(group).group(group)
+        # The worker's recovery (storage/recovery.py): finish what a crash
+        # inside a round left, durably; the core refuses anything else.
+        meta = gd.snapshot.meta if gd.snapshot is not None else None
+        hs, entries, repaired = follow_snapshot(meta, gd.hard_state, list(gd.entries))
+        if reset_needed(meta, gd.base, entries):
+            assert meta is not None
+            gd.apply(("base", meta.index, meta.term))
+            repaired = repaired or "reset"
+        if repaired is not None:
+            gd.hard_state, gd.entries = hs, entries
+            if counters is not None:
+                counters["recovery_repairs"] += 1
         raft = RaftState(
             self.make_config(self.replica_ids[group]),
             random.Random(sim_rng.random()),
             hard_state=gd.hard_state,
             snapshot=gd.snapshot,
             entries=list(gd.entries),
+            group=group,
         )
         sm = kv.KVStateMachine(sessions_max=self.options.sessions_max)
         if gd.snapshot is not None:
@@ -249,9 +298,11 @@ class SimNode:
         self.replicas[group] = r
         return r
 
-    def crash_worker(self, worker: int, counters) -> list[int]:
-        """Lose the worker's memory and its unsynced writes; return its groups."""
-        self.disks[worker].crash()
+    def crash_worker(self, worker: int, counters, torn_rng: random.Random | None = None) -> list[int]:
+        """Lose the worker's memory and its unsynced writes (with `torn_rng`,
+        a torn write keeps a prefix of them); return its groups."""
+        if self.disks[worker].crash(torn_rng):
+            counters["torn_writes"] += 1
         lost = [g for g in self.replicas if self.worker_of(g) == worker]
         for g in lost:
             counters.update(self.replicas[g].raft.counters)

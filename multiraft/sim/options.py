@@ -53,6 +53,13 @@ class SimOptions:
     # The KV's session table: small values (below the clients' sessions)
     # make Register evict live sessions, so writes meet SessionExpired.
     sessions_max: int = kv.SESSIONS_MAX
+    # Crashes inside a persist round (between the snapshot save and the log
+    # reset, between the write and the fsync; torn writes), per round with
+    # entries (rounds with a snapshot crash far more often).
+    midround_crash_rate: float = 0.0
+    # A smaller snapshot interval while a group is joint (0: the usual one),
+    # so that snapshots are taken and installed with joint configs.
+    joint_snapshot_interval_entries: int = 0
 
     @classmethod
     def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> "SimOptions":
@@ -86,6 +93,8 @@ class SimOptions:
             wipe_removed=rng.random() < 0.6,
             chaos_steps=chaos_steps,
             corrupt_rate=rng.choice([0.0, 0.0, 0.002, 0.01]),
+            midround_crash_rate=rng.choice([0.0, 0.0, 0.0005, 0.002]),
+            joint_snapshot_interval_entries=rng.choice([0, 1, 3]),
         )
         fields["sessions_max"] = rng.choice([kv.SESSIONS_MAX, kv.SESSIONS_MAX, 2, 3, 4])
         return cls(**fields)

@@ -38,6 +38,9 @@ REPORTED_COUNTERS = (
     "replicas_readded",
     "frames_corrupted",
     "sessions_expired",
+    "midround_crashes",
+    "torn_writes",
+    "joint_snapshots",
 )
 
 
@@ -67,6 +70,8 @@ class Sim:
         self.nodes = {f"n{i + 1}": SimNode(f"n{i + 1}", o, self.rng) for i in range(o.nodes)}
         self.healed = False
         self.now = 0
+        # Set by a replica whose worker dies inside a round: (node, worker).
+        self.midround_crash: tuple[SimNode, int] | None = None
         node_ids = sorted(self.nodes)
         for g in range(o.groups):
             members = self.rng.sample(node_ids, o.replicas)
@@ -137,8 +142,13 @@ class Sim:
         self.workload.step(now)
         for node in self.nodes.values():
             if node.up:
-                for r in node.replicas.values():
+                for r in list(node.replicas.values()):
+                    if node.replicas.get(r.group) is not r:
+                        continue  # lost in a crash inside this step's round
                     r.step_ready(self, now)
+                    if self.midround_crash is not None:
+                        self._crash_midround()
+                        continue
                     r.raft.check_invariants()
                     r.observe(self)
 
@@ -166,18 +176,38 @@ class Sim:
                 else:
                     self._crash_node(node)
 
-    def _crash_node(self, node: SimNode) -> None:
+    def _crash_node(self, node: SimNode, torn: bool = False) -> None:
         for w in range(len(node.disks)):
-            node.crash_worker(w, self.counters)
+            node.crash_worker(w, self.counters, self.rng if torn else None)
         node.down_until = self.now + self.rng.randint(50, 1500)
         self.counters["crashes"] += 1
 
-    def _crash_worker(self, node: SimNode, worker: int) -> None:
-        for g in node.crash_worker(worker, self.counters):
+    def _crash_worker(self, node: SimNode, worker: int, torn: bool = False) -> None:
+        for g in node.crash_worker(worker, self.counters, self.rng if torn else None):
             # The coordinator restarts a crashed worker right away.
-            node.restart_replica(g, self.rng)
+            node.restart_replica(g, self.rng, self.counters)
         self.counters["crashes"] += 1
         self.counters["worker_crashes"] += 1
+
+    def _majority_up_after_a_crash(self) -> bool:
+        return sum(n.up for n in self.nodes.values()) > (len(self.nodes) + 1) // 2
+
+    def may_crash_midround(self) -> bool:
+        """Only during chaos, and leaving a majority of nodes up (a worker
+        crash restarts at once)."""
+        return not self.healed and (self.options.workers_per_node > 1 or self._majority_up_after_a_crash())
+
+    def _crash_midround(self) -> None:
+        """A crash inside a round (power loss: a torn write keeps a prefix)."""
+        assert self.midround_crash is not None
+        node, worker = self.midround_crash
+        self.midround_crash = None
+        self.counters["midround_crashes"] += 1
+        o = self.options
+        if o.workers_per_node > 1 and (self.rng.random() < 0.5 or not self._majority_up_after_a_crash()):
+            self._crash_worker(node, worker, torn=True)
+        else:
+            self._crash_node(node, torn=True)
 
     def _restart_due(self) -> None:
         for node in self.nodes.values():
@@ -188,7 +218,7 @@ class Sim:
         node.down_until = None
         for disk in node.disks:
             for g in disk.groups:
-                node.restart_replica(g, self.rng)
+                node.restart_replica(g, self.rng, self.counters)
 
     def heal(self) -> None:
         self.healed = True
