@@ -88,9 +88,43 @@ def test_sim_catches_a_forgotten_vote_paper_5_2(monkeypatch):
 
 
 def test_sim_catches_stale_reads_with_the_linearizability_checker(monkeypatch):
-    def local_read(self, context, lease=None):
+    def local_read(self, context, lease=None, now=None):
         self._read_states.append(ReadState(self.log.committed, context))
 
     monkeypatch.setattr(raft_state.RaftState, "read_index", local_read)
     violation = _first_violation()
     assert violation is not None and "linearizab" in violation
+
+
+# A seed with process pauses, lease reads and clock drift where a leader
+# resumes from a pause with lease reads queued while a new leader committed.
+PAUSED_LEASE_SEED = 45
+
+
+def test_sim_catches_a_lease_counted_in_ticks_across_a_process_pause(monkeypatch):
+    # The lease before issue 9: counted in ticks (which stop while a process
+    # is paused) and handed out with no expiry the driver could re-check.
+    bcast = raft_state.RaftState._bcast_heartbeat
+
+    def bcast_noting_ticks(self):
+        bcast(self)
+        self.__dict__.setdefault("_round_ticks", {})[self._round] = self._ticks
+
+    def lease_in_ticks(self):
+        if self._transfer_started_this_term or self.lead_transferee is not None:
+            return None
+        start = self.__dict__.get("_round_ticks", {}).get(self._quorum_round())
+        if start is None or self._ticks >= start + self.config.effective_lease_ticks:
+            return None
+        return float("inf")
+
+    monkeypatch.setattr(raft_state.RaftState, "_bcast_heartbeat", bcast_noting_ticks)
+    monkeypatch.setattr(raft_state.RaftState, "_lease_expiry", lease_in_ticks)
+    violation = _first_violation([PAUSED_LEASE_SEED])
+    assert violation is not None and "linearizab" in violation
+
+
+def test_paused_lease_seed_passes_with_the_lease_in_real_time():
+    result = run_seed(PAUSED_LEASE_SEED)
+    assert result.ok, result.violation
+    assert result.counters["pauses"] > 0 and result.counters["lease_reads"] > 0

@@ -42,6 +42,14 @@ class SimOptions:
     liveness_steps: int = 6000
     steps_per_tick: int = 10
     election_tick: int = 10
+    # Process pauses (GC, SIGSTOP, a long synchronous apply): per step, the
+    # chance that a node or one worker stops for longer than an election
+    # timeout, keeping its memory and a backlog of messages and requests.
+    pause_rate: float = 0.0
+    # Each node's clock runs at its own rate (and from its own origin) within
+    # max_clock_drift_steps per election timeout; the lease allows for that.
+    clock_drift: bool = False
+    max_clock_drift_steps: int = 10
 
     @classmethod
     def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> "SimOptions":
@@ -73,6 +81,8 @@ class SimOptions:
             cas_fraction=rng.choice([0.0, 0.2, 0.4]),
             read_fraction=rng.choice([0.2, 0.5]),
             chaos_steps=chaos_steps,
+            pause_rate=rng.choice([0.0, 0.0005, 0.002]),
+            clock_drift=rng.random() < 0.5,
         )
 
     def describe(self) -> str:
