@@ -407,3 +407,30 @@ async def test_a_lease_read_whose_lease_ran_out_before_its_answer_is_asked_again
                 await trio.sleep(0.01)
             assert answers == [["ok", b"v1"]]
             assert g.raft.counters["readindex_reads"] >= 1
+
+
+async def test_lease_reads_fall_back_to_readindex_while_a_peer_runs_other_timing(tmp_path, autojump_clock):
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path, lease_reads=True) as cluster:
+            leader = await cluster.wait_leader(0)
+            w = cluster.workers[leader]
+            raft = w.groups[0].raft
+            async with cluster.client(leader) as c:
+                assert (await put(c, 0, b"k", b"v"))[0] == "ok"
+                await trio.sleep(0.5)
+                w.set_timing_ok(False, "n9 runs election_tick=20")
+                assert await c.call("get", 0, b"k", "lease") == ["ok", b"v"]
+                assert raft.counters["lease_reads"] == 0
+                w.set_timing_ok(True)
+                assert await c.call("get", 0, b"k", "lease") == ["ok", b"v"]
+                assert raft.counters["lease_reads"] == 1
+
+
+def test_worker_lease_is_the_election_timeout_less_drift_and_a_tick():
+    from workers.config import WorkerConfig
+
+    base = dict(node_id="n1", worker_index=0, data_dir="/tmp/x", raft_listen_url="mem://n1/w0",
+                client_listen_address="127.0.0.1:0", groups={}, groups_total=1)
+    assert WorkerConfig.from_dict({**base, "tick_ms": 100, "election_tick": 10}).lease_s == 0.7
+    assert WorkerConfig.from_dict({**base, "max_clock_drift_ms": 0}).lease_s == 0.9
+    assert WorkerConfig.from_dict({**base, "tick_ms": 50, "election_tick": 4}).lease_s is None
