@@ -359,9 +359,9 @@ class Worker:
         timeout and clock-drift bound as this one."""
         if ok != self.timing_ok:
             if ok:
-                _log.info("%s: lease reads back on: every peer runs the same timing", self.address)
+                _log.debug("%s: lease reads back on: every peer runs the same timing", self.address)
             else:
-                _log.error("%s: lease reads off (served with ReadIndex): %s", self.address, why)
+                _log.debug("%s: lease reads off (served with ReadIndex): %s", self.address, why)
         self.timing_ok = ok
 
     def _build_groups(self, state: dict[int, tuple]) -> None:
