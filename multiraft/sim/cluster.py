@@ -108,6 +108,13 @@ class Replica:
                 w.index = rs.index
                 w.lease_expiry = rs.lease_expiry
         raft.advance(rd)
+        if rd.read_states and sim.options.pause_rate and not self.node.paused_until:
+            if sim.rng.random() < 0.05:
+                # The process stalls between taking the read indexes and
+                # answering them (a long apply batch, GC): the answers wait.
+                sim.pause(self.node, self.node.worker_of(self.group) if sim.options.workers_per_node > 1 else None)
+                sim.counters["pauses_mid_apply"] += 1
+                return
         self._serve_reads(sim, now)
         self._maybe_snapshot(sim)
 
@@ -216,14 +223,20 @@ class SimNode:
     def queue_message(self, group: int, m) -> None:
         self.backlog_messages.append((self.pause_key(group), group, m))
 
-    def resume(self, key: int | None, rng: random.Random) -> None:
-        """The paused process runs again: its backlog of client requests and
-        messages is handled before its next tick (in either order)."""
+    def resume(self, key: int | None, sim: "Sim") -> None:
+        """The paused process runs again: it answers the reads it had
+        indexed, then handles its backlog of client requests and messages
+        (in either order) before its next tick."""
+        rng = sim.rng
         del self.paused_until[key]
         reqs = [d for k, d in self.backlog_requests if k == key]
         msgs = [(g, m) for k, g, m in self.backlog_messages if k == key]
         self.backlog_requests = [b for b in self.backlog_requests if b[0] != key]
         self.backlog_messages = [b for b in self.backlog_messages if b[0] != key]
+
+        for g, r in list(self.replicas.items()):
+            if key is None or self.worker_of(g) == key:
+                r._serve_reads(sim, sim.now)
 
         def deliver_messages() -> None:
             for g, m in msgs:

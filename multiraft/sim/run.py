@@ -184,15 +184,20 @@ class Sim:
         if node.paused_until:
             return
         key = None if o.workers_per_node == 1 or rng.random() < 0.5 else rng.randrange(o.workers_per_node)
+        self.pause(node, key)
+
+    def pause(self, node: SimNode, key: int | None) -> None:
+        """Pause the node (key None) or one of its workers."""
+        o = self.options
         timeout = o.election_tick * o.steps_per_tick
-        node.paused_until[key] = self.now + rng.randint(timeout + 10, 12 * timeout)
+        node.paused_until[key] = self.now + self.rng.randint(timeout + 10, 12 * timeout)
         self.counters["pauses"] += 1
 
     def _resume_due(self) -> None:
         for node in self.nodes.values():
             for key, until in list(node.paused_until.items()):
                 if self.now >= until or self.healed:
-                    node.resume(key, self.rng)
+                    node.resume(key, self)
 
     def _crash_node(self, node: SimNode) -> None:
         for w in range(len(node.disks)):
