@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="skip fsync (UNSAFE: benchmarks only)")
     node.add_argument("--no-lease-reads", dest="lease_reads", action="store_const", const=False,
                       help="serve clients' lease reads with ReadIndex instead")
+    node.add_argument("--max-clock-drift-ms", type=int, metavar="MS",
+                      help="how far two nodes' clocks may drift apart within an election timeout; the lease is "
+                           "election timeout - this - one tick (default 200; every node must use the same)")
     node.add_argument("--snapshot-threshold-entries", type=int, metavar="N",
                       help="snapshot a group once its log holds this many entries (default 10000)")
     node.add_argument("--compact-lag-entries", type=int, metavar="N",
@@ -187,6 +190,7 @@ def _raw_node_options(args: argparse.Namespace) -> RawOptions:
         poll_interval_ms=args.poll_interval_ms,
         log_level=args.log_level,
         lease_reads=args.lease_reads,
+        max_clock_drift_ms=args.max_clock_drift_ms,
         join=args.join,
         redis=args.redis,
     )

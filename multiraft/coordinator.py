@@ -231,7 +231,13 @@ def _join_cluster(raw: RawOptions) -> dict:
     coordinator to admit this node. Returns {"doc": the cluster.json to write,
     "members": the cluster's members}. ConfigError if it refuses."""
     from multiraft.client import ClientError, coordinator_request
-    from multiraft.nodeconfig import DEFAULT_WORKERS, check_node_id, parse_address
+    from multiraft.nodeconfig import (
+        DEFAULT_MAX_CLOCK_DRIFT_MS,
+        DEFAULT_WORKERS,
+        check_node_id,
+        lease_timing,
+        parse_address,
+    )
 
     if raw.peers is not None:
         raise ConfigError("--join and --peers exclude each other: a joining node learns the cluster from --join")
@@ -246,7 +252,14 @@ def _join_cluster(raw: RawOptions) -> dict:
     address = format_address(host, port)
     workers = raw.workers if raw.workers is not None else DEFAULT_WORKERS
     via = format_address(*parse_address(raw.join, what="--join address"))
-    request = ["join", node_id, address, workers]
+    # The cluster refuses a node whose timing differs (the leader lease
+    # counts on every node's election timeout). The defaults: nodeconfig's.
+    timing = lease_timing(
+        raw.tick_ms if raw.tick_ms is not None else 100,
+        raw.election_tick if raw.election_tick is not None else 10,
+        raw.max_clock_drift_ms if raw.max_clock_drift_ms is not None else DEFAULT_MAX_CLOCK_DRIFT_MS,
+    )
+    request = ["join", node_id, address, workers, timing]
     try:
         reply = trio.run(lambda: coordinator_request([via], request, timeout_s=10.0))
     except ClientError as exc:
@@ -416,6 +429,7 @@ class WorkerHandle:
         self.status: dict[int, dict] = {}
         self.stats: dict = {}
         self.routing_sent = -1
+        self.timing_sent: tuple[bool, str] | None = None  # the lease verdict it was sent
         # placement changes sent to the worker, answered by "group_op" frames
         self.op_waiters: dict[tuple[str, int], tuple[trio.Event, dict]] = {}
         self.send_lock = trio.Lock()
@@ -449,6 +463,9 @@ class _Peer:
         self.members: dict[str, dict] = {}  # its view of the cluster's members
         self.busy: dict[int, str] = {}  # groups its admin jobs are changing
         self.retired = False  # no longer a member: stop polling it
+        # The timing it announced (placement "timing"); None: never reached.
+        self.timing: Any = None
+        self.timing_seen = False
 
     def view(self) -> dict:
         return {
@@ -486,6 +503,9 @@ class Coordinator:
         self._stopping = False
         self.listen_address: str | None = None
         self._stop_scope: trio.CancelScope | None = None
+        # Lease reads are served only while every peer announced our timing:
+        # (ok, why), sent to the workers (["timing", {...}]).
+        self.timing_verdict: tuple[bool, str] = (True, "")
         self._recompute()
 
     # --- state merge ---
@@ -552,6 +572,7 @@ class Coordinator:
             "groups": dict(self.placement.group_worker),
             "members": self.members,
             "busy": self.runner.busy(),
+            "timing": self.options.timing(),
         }
 
     def status_doc(self) -> dict:
@@ -589,8 +610,8 @@ class Coordinator:
             return protocol.OK, self.cluster_status_doc()
         if op == "ping":
             return protocol.OK, self.node_id
-        if op == "join" and len(request) == 5:
-            return self.join(request[2], request[3], request[4])
+        if op == "join" and len(request) in (5, 6):
+            return self.join(request[2], request[3], request[4], request[5] if len(request) == 6 else None)
         if op == "admin":
             return protocol.ERROR, "admin requests are answered asynchronously (the node is starting or stopping)"
         if op == "job" and len(request) == 3:
@@ -604,9 +625,22 @@ class Coordinator:
 
     # --- membership (multiraft-admin; multiraft.jobs runs the long changes) ---
 
-    def join(self, node_id: Any, address: Any, workers: Any) -> tuple[str, Any]:
-        """["join", node_id, "host:port", workers]: admit a new, empty node."""
-        from multiraft.nodeconfig import PORTS_PER_NODE, check_node_id, parse_address
+    def join(self, node_id: Any, address: Any, workers: Any, timing: Any = None) -> tuple[str, Any]:
+        """["join", node_id, "host:port", workers, timing]: admit a new, empty
+        node. One with other timing than ours is refused: the leader lease
+        counts on every node's election timeout. (An older release sends no
+        timing; the polls then keep lease reads off until it matches.)"""
+        from multiraft.nodeconfig import PORTS_PER_NODE, check_node_id, describe_timing, parse_address
+
+        mine = self.options.timing()
+        if timing is not None and timing != mine:
+            _log.error("refused node %s: its timing (%s) differs from this cluster's (%s)",
+                       node_id, describe_timing(timing), describe_timing(mine))
+            return protocol.ERROR, (
+                f"node {node_id} runs {describe_timing(timing)} but this cluster runs {describe_timing(mine)}: "
+                "start it with the same --tick-ms, --election-tick and --max-clock-drift-ms "
+                "(the leader lease relies on every node's election timeout)"
+            )
 
         try:
             check_node_id(node_id)
@@ -900,6 +934,7 @@ class Coordinator:
             "snapshot_threshold_entries": o.snapshot_threshold_entries,
             "compact_lag_entries": o.compact_lag_entries,
             "lease_reads": o.lease_reads,
+            "max_clock_drift_ms": o.max_clock_drift_ms,
         }
 
     async def _supervise(self, w: WorkerHandle) -> None:
@@ -928,6 +963,7 @@ class Coordinator:
         w.pid = process.pid
         w.starts += 1
         w.routing_sent = -1
+        w.timing_sent = None
         _log.info("worker %d started (pid %d, %d groups)", w.index, process.pid, len(w.groups))
         try:
             async with trio.open_nursery() as nursery:
@@ -988,6 +1024,14 @@ class Coordinator:
                 async with w.send_lock:
                     await process.stdin.send_all(protocol.encode(["routing", self.routing]))
                 w.routing_sent = version
+                continue
+            if w.up and w.timing_sent != self.timing_verdict:
+                verdict = self.timing_verdict
+                async with w.send_lock:
+                    await process.stdin.send_all(
+                        protocol.encode(["timing", {"ok": verdict[0], "why": verdict[1]}])
+                    )
+                w.timing_sent = verdict
                 continue
             changed = self._routing_changed
             await changed.wait()
@@ -1066,6 +1110,9 @@ class Coordinator:
                 }
                 peer.members = placement.get("members") or {}
                 peer.busy = {int(g): str(v) for g, v in (placement.get("busy") or {}).items()}
+                peer.timing = placement.get("timing")
+                peer.timing_seen = True
+                self._check_timing()
                 self._merge_members(peer.members)
                 if not peer.up:
                     _log.info("peer %s (%s) is up", peer.node_id, peer.address)
@@ -1087,6 +1134,29 @@ class Coordinator:
             await trio.sleep(interval)
         if conn is not None:
             conn.close()
+
+    def _check_timing(self) -> None:
+        """Lease reads on our workers only while every peer we reached
+        announced our own timing (a peer never reached cannot have acked our
+        heartbeats; one that comes up is checked at its first poll)."""
+        from multiraft.nodeconfig import describe_timing
+
+        mine = self.options.timing()
+        bad = [
+            f"{n} runs {describe_timing(p.timing)}"
+            for n, p in sorted(self.peers.items())
+            if not p.retired and p.timing_seen and p.timing != mine
+        ]
+        verdict = (not bad, "; ".join(bad) + f" (we run {describe_timing(mine)})" if bad else "")
+        if verdict == self.timing_verdict:
+            return
+        if bad:
+            _log.error("lease reads off on this node (served with ReadIndex): %s", verdict[1])
+        else:
+            _log.info("lease reads back on: every peer runs this node's timing")
+        self.timing_verdict = verdict
+        event, self._routing_changed = self._routing_changed, trio.Event()
+        event.set()  # the worker writers send the verdict
 
     # --- running ---
 

@@ -60,6 +60,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7100
 DEFAULT_NODE_ID = "n1"
 DEFAULT_WORKERS = 2
+
+# Conservative: clock rates drift by well under 0.1 %; this allows 20 % of
+# the default election timeout.
+DEFAULT_MAX_CLOCK_DRIFT_MS = 200
 DEFAULT_GROUPS = 64
 DEFAULT_REPLICAS_MAX = 3
 DEFAULT_DATA_ROOT = "multiraft-data"
@@ -183,6 +187,7 @@ class RawOptions:
     poll_interval_ms: int | None = _opt()
     log_level: str | None = _opt()
     lease_reads: bool | None = _opt()
+    max_clock_drift_ms: int | None = _opt()
     # HOST:PORT of a coordinator of a running cluster: join it as an empty
     # node (first start only; see multiraft.coordinator.prepare_node).
     join: str | None = _opt()
@@ -201,6 +206,7 @@ class RawOptions:
 _INT_FIELDS = {
     "workers", "groups", "replicas", "tick_ms", "election_tick", "heartbeat_tick",
     "snapshot_threshold_entries", "compact_lag_entries", "poll_interval_ms",
+    "max_clock_drift_ms",
 }
 _STR_FIELDS = {"node_id", "listen", "data_dir", "log_level", "join", "redis"}
 
@@ -256,6 +262,9 @@ class NodeOptions:
     log_level: str = "info"
     # Honour clients' lease reads (read_mode "lease"); off: they get ReadIndex.
     lease_reads: bool = True
+    # How far two nodes' clocks may drift apart within an election timeout:
+    # the lease is election timeout - this - one tick (see lease_timing).
+    max_clock_drift_ms: int = DEFAULT_MAX_CLOCK_DRIFT_MS
     # The cluster's first nodes, when this node joined later (`--join`): the
     # layout every node agrees on. None: this node is one of them (= peers).
     bootstrap: dict[str, tuple[str, int]] | None = None
@@ -279,6 +288,10 @@ class NodeOptions:
         host = self.advertise_host if advertised else self.listen_host
         return format_address(host, worker_client_port(self.listen_port, index))
 
+    def timing(self) -> dict:
+        """The timing the leader lease assumes every node runs."""
+        return lease_timing(self.tick_ms, self.election_tick, self.max_clock_drift_ms)
+
     def cluster_layout(self) -> dict:
         """What every node of the cluster must agree on."""
         nodes = self.bootstrap if self.bootstrap is not None else self.peers
@@ -290,6 +303,24 @@ class NodeOptions:
 
 
 _LEVELS = {"debug", "info", "warning", "error"}
+
+
+def lease_timing(tick_ms: int, election_tick: int, max_clock_drift_ms: int) -> dict:
+    """What a node announces to its peers (and a joining node to the
+    cluster): a lease is safe only if every node runs these same values
+    (workers always run CheckQuorum, which the lease needs)."""
+    return {
+        "tick_ms": tick_ms,
+        "election_tick": election_tick,
+        "max_clock_drift_ms": max_clock_drift_ms,
+        "check_quorum": True,
+    }
+
+
+def describe_timing(t: Any) -> str:
+    if not isinstance(t, dict):
+        return "no timing announced (an older release?)"
+    return " ".join(f"{k}={t.get(k)}" for k in ("tick_ms", "election_tick", "max_clock_drift_ms", "check_quorum"))
 
 
 def _positive(name: str, value: int, minimum: int = 1, maximum: int | None = None) -> int:
@@ -407,6 +438,12 @@ def resolve(raw: RawOptions, stored: dict | None = None, *, cwd: Path | None = N
         raw.compact_lag_entries if raw.compact_lag_entries is not None else 1_000,
         0,
     )
+    drift = _positive(
+        "max_clock_drift_ms",
+        raw.max_clock_drift_ms if raw.max_clock_drift_ms is not None else DEFAULT_MAX_CLOCK_DRIFT_MS,
+        0,
+        3_600_000,
+    )
     poll = _positive("poll_interval_ms", raw.poll_interval_ms if raw.poll_interval_ms is not None else 500, 10)
     level = (raw.log_level or "info").lower()
     if level not in _LEVELS:
@@ -429,6 +466,7 @@ def resolve(raw: RawOptions, stored: dict | None = None, *, cwd: Path | None = N
         poll_interval_ms=poll,
         log_level=level,
         lease_reads=True if raw.lease_reads is None else bool(raw.lease_reads),
+        max_clock_drift_ms=drift,
         bootstrap=bootstrap,
         redis=format_address(*parse_address(raw.redis, what="--redis address")) if raw.redis is not None else None,
     )

@@ -242,6 +242,7 @@ WORKER_CONFIG_KEYS = (
     "snapshot_threshold_entries",
     "compact_lag_entries",
     "lease_reads",
+    "max_clock_drift_ms",
 )
 
 

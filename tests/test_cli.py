@@ -219,3 +219,19 @@ def test_restart_with_another_layout_is_refused(fake_node) -> None:
     n = fake_node.nodes["n1"]
     r = _cli("node", "--data-dir", str(n.data_dir), "--workers", "3")
     assert r.returncode == 2 and b"--workers" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_max_clock_drift_ms_from_the_flag_the_toml_file_and_the_default(tmp_path: Path) -> None:
+    from multiraft.cli import _raw_node_options, build_parser
+
+    assert resolve(RawOptions(), cwd=tmp_path).max_clock_drift_ms == 200
+    args = build_parser().parse_args(["node", "--max-clock-drift-ms", "150"])
+    assert resolve(_raw_node_options(args), cwd=tmp_path).max_clock_drift_ms == 150
+    f = tmp_path / "n.toml"
+    f.write_text("max_clock_drift_ms = 120\n")
+    assert resolve(load_toml(f), cwd=tmp_path).max_clock_drift_ms == 120
+    f.write_text('max_clock_drift_ms = "lots"\n')
+    with pytest.raises(ConfigError, match="max_clock_drift_ms must be an integer"):
+        load_toml(f)
+    with pytest.raises(ConfigError, match="--max-clock-drift-ms must be an integer"):
+        resolve(RawOptions(max_clock_drift_ms=-1), cwd=tmp_path)

@@ -244,3 +244,63 @@ def test_worker_config_matches_the_contract_and_the_worker_accepts_it(tmp_path: 
             assert parsed.groups_total == 10 and set(parsed.groups) == set(config["groups"])
     finally:
         setup.release()
+
+
+# --- the timing every node must share (the leader lease relies on it) ---
+
+
+def _coordinator(tmp_path: Path, **raw):
+    from multiraft.coordinator import Coordinator
+
+    setup = prepare_node(RawOptions(data_dir=str(tmp_path / "d"), workers=1, groups=4, node_id="n1",
+                                    peers="n1=127.0.0.1:7100,n2=127.0.0.1:7200", **raw))
+    return setup, Coordinator(setup, worker_argv=["true"])
+
+
+def test_a_joining_node_with_other_timing_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    from multiraft.nodeconfig import lease_timing
+
+    setup, coordinator = _coordinator(tmp_path)
+    try:
+        other = lease_timing(100, 20, 200)  # twice our election timeout
+        status, message = coordinator.join("n3", "127.0.0.1:7300", 1, other)
+        assert status == protocol.ERROR
+        assert "election_tick=20" in message and "election_tick=10" in message and "--election-tick" in message
+        assert "n3" not in coordinator.members
+        status, _ = coordinator.join("n3", "127.0.0.1:7300", 1, coordinator.options.timing())
+        assert status == protocol.OK and "n3" in coordinator.members
+    finally:
+        setup.release()
+
+
+def test_placement_announces_this_nodes_timing(tmp_path: Path) -> None:
+    setup, coordinator = _coordinator(tmp_path, tick_ms=50, max_clock_drift_ms=100)
+    try:
+        assert coordinator.placement_doc()["timing"] == {
+            "tick_ms": 50, "election_tick": 10, "max_clock_drift_ms": 100, "check_quorum": True,
+        }
+        assert coordinator._worker_config(coordinator.workers[0])["max_clock_drift_ms"] == 100
+    finally:
+        setup.release()
+
+
+def test_a_peer_with_other_timing_turns_lease_reads_off_with_one_log_line(tmp_path: Path, caplog) -> None:
+    from multiraft.nodeconfig import lease_timing
+
+    setup, coordinator = _coordinator(tmp_path)
+    try:
+        peer = coordinator.peers["n2"]
+        assert coordinator.timing_verdict == (True, "")
+        peer.timing, peer.timing_seen = lease_timing(100, 10, 50), True
+        with caplog.at_level("ERROR", logger="multiraft.coordinator"):
+            coordinator._check_timing()
+            coordinator._check_timing()  # no change: no second line
+        ok, why = coordinator.timing_verdict
+        assert not ok and "n2 runs" in why and "max_clock_drift_ms=50" in why
+        lines = [r for r in caplog.records if "lease reads off" in r.getMessage()]
+        assert len(lines) == 1
+        peer.timing = coordinator.options.timing()
+        coordinator._check_timing()
+        assert coordinator.timing_verdict == (True, "")
+    finally:
+        setup.release()

@@ -311,6 +311,49 @@ async def test_kill_worker_hosting_a_leader(cluster: LocalCluster) -> None:
     assert HISTORY.ok > 0
 
 
+async def test_a_stopped_leader_worker_never_answers_a_lease_read_with_the_old_value(cluster: LocalCluster) -> None:
+    # SIGSTOP the worker process leading a group for longer than an election
+    # timeout; the others elect and commit a new value; a lease read sent to
+    # the stopped process waits in its socket; SIGCONT: its answer must never
+    # be the old value (its lease ended by the clock, whatever its ticks say).
+    from workers.testing import open_client as open_worker_client
+
+    status = await cluster.wait_healthy(timeout_s=60)
+    g = next(g for g in status["groups"] if g["leader"])
+    leader = g["leader"]
+    worker = next(r["worker"] for r in g["replicas"] if r["node"] == leader)
+    victim = (await _status_of(cluster, leader))["workers"][worker]
+    key = next(f"stop-{i}" for i in range(10_000) if group_for_key(f"stop-{i}".encode(), GROUPS) == g["id"])
+    async with open_client(cluster.addresses, timeout_s=10) as c:
+        await c.put(key, "old")
+        async with open_worker_client(victim["client_address"]) as direct:
+            await trio.sleep(0.3)  # heartbeat rounds acknowledged: a live lease
+            assert await direct.call("get", g["id"], key.encode(), "lease") == ["ok", b"old"]
+            os.kill(victim["pid"], signal.SIGSTOP)
+            try:
+                def moved(s: dict) -> bool:
+                    grp = s["groups"][g["id"]]
+                    return bool(grp["leader"]) and grp["leader"] != leader
+
+                await cluster.wait_for(moved, timeout_s=30, what=f"a new leader of group {g['id']}")
+                await c.put(key, "new")
+                answer: list = []
+                async with trio.open_nursery() as n:
+                    async def lease_read() -> None:
+                        answer.append(await direct.call("get", g["id"], key.encode(), "lease"))
+
+                    n.start_soon(lease_read)
+                    await trio.sleep(0.2)  # the request waits in the stopped process's socket
+                    os.kill(victim["pid"], signal.SIGCONT)
+            finally:
+                os.kill(victim["pid"], signal.SIGCONT)
+        assert answer and answer[0] != ["ok", b"old"], answer
+        assert answer[0] in (["ok", b"new"], ["not_leader", answer[0][1]]), answer
+        ACKED[key.encode()] = b"new"
+        assert await c.get(key) == b"new"
+    await cluster.wait_healthy(timeout_s=60)
+
+
 async def test_kill_node_and_catch_up_through_a_snapshot(cluster: LocalCluster) -> None:
     await cluster.wait_healthy(timeout_s=60)
     victim = cluster.nodes["n3"]

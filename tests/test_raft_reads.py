@@ -199,7 +199,9 @@ def test_lease_read_served_without_a_heartbeat_round_while_lease_valid_thesis_6_
     before = heartbeats_sent(net)
     net.nodes["n1"].read_index(b"r")
     net.deliver_all()
-    assert net.reads["n1"] == [ReadState(net.nodes["n1"].log.committed, b"r")]
+    [rs] = net.reads["n1"]
+    assert (rs.index, rs.context) == (net.nodes["n1"].log.committed, b"r")
+    assert rs.lease_expiry is not None  # in ticks: this network has no clock
     assert heartbeats_sent(net) == before
     assert net.nodes["n1"].counters["lease_reads"] == 1
 
@@ -346,4 +348,97 @@ def test_leader_read_round_bookkeeping_stays_bounded_thesis_6_4():
             n1.read_index(b"r%d" % k)
     net.deliver_all()
     assert len(net.reads["n1"]) == 10
-    assert len(n1._round_start_tick) <= 10  # white-box: per-round state is pruned
+    assert len(n1._round_sent_at) <= 10  # white-box: per-round state is pruned
+
+
+# ---- the lease in the driver's real time (issue 9) --------------------------------------
+
+# Time in seconds; a tick every 1.0 s, election timeout 10 s, 2 s of clock drift.
+TIMED = dict(election_tick=10, lease_duration=10.0 - 2.0 - 1.0, **LEASE)
+
+
+def timed_tick(net, now, ids=None):
+    for i in ids or list(net.nodes):
+        net.nodes[i].tick(now=now)
+    net.deliver_all()
+
+
+def test_lease_read_falls_back_to_readindex_when_real_time_passed_without_ticks():
+    # The old leader's process stalls: it is not ticked while the others elect
+    # a new leader and commit a write. It wakes up with a lease read queued,
+    # before its ticker catches up: by ticks its lease looks fresh, by the
+    # clock it ended long ago.
+    net = Net(IDS, **TIMED)
+    for n in net.nodes.values():
+        n.set_time(0.0)
+    net.boot("n1")
+    timed_tick(net, 1.0)  # an acknowledged round: the lease runs until 1 + 7
+    n1 = net.nodes["n1"]
+    net.isolated.add("n1")
+    now = 1.0
+    while net.leader() is None and now < 100:
+        now += 1.0
+        timed_tick(net, now, ["n2", "n3"])
+    new = net.leader()
+    assert new in ("n2", "n3")
+    net.propose(new, b"v2")
+    assert n1.role == StateRole.LEADER  # it has not noticed: it never ran
+    net.reads["n1"].clear()
+    n1.read_index(b"stale?", now=now)
+    net.deliver_all()
+    assert net.reads["n1"] == []  # no lease answer: a heartbeat round instead
+    assert n1.counters["lease_reads"] == 0
+    net.heal()
+    timed_tick(net, now + 1.0, ["n1"])  # its next heartbeats meet the new term
+    assert n1.role != StateRole.LEADER and net.reads["n1"] == []
+
+
+def test_lease_read_answered_within_the_lease_carries_its_expiry():
+    net = Net(IDS, **TIMED)
+    for n in net.nodes.values():
+        n.set_time(0.0)
+    net.boot("n1")
+    timed_tick(net, 1.0)  # round created at 1.0, acknowledged by all
+    n1 = net.nodes["n1"]
+    n1.read_index(b"r", now=7.5)
+    net.deliver_all()
+    assert net.reads["n1"] == [ReadState(n1.log.committed, b"r", lease_expiry=8.0)]
+    assert n1.counters["lease_reads"] == 1
+
+
+def test_lease_runs_from_the_round_creation_not_from_its_acknowledgement():
+    net = Net(IDS, **TIMED)
+    for n in net.nodes.values():
+        n.set_time(0.0)
+    net.boot("n1")
+    n1 = net.nodes["n1"]
+    n1.tick(now=1.0)  # heartbeats created at 1.0 ...
+    n1.set_time(6.0)
+    net.deliver_all()  # ... acknowledged at 6.0
+    n1.read_index(b"late", now=8.0)  # 1 + 7 = 8: the lease has ended
+    net.deliver_all()
+    assert n1.counters["lease_reads"] == 0
+
+
+def test_lease_never_valid_before_the_driver_passes_a_time():
+    net = Net(IDS, **TIMED)
+    net.boot("n1")
+    net.tick()  # acknowledged rounds, but no time was ever passed
+    net.nodes["n1"].read_index(b"r")
+    net.deliver_all()
+    assert net.nodes["n1"].counters["lease_reads"] == 0
+    assert [r.lease_expiry for r in net.reads["n1"]] == [None]
+
+
+def test_core_clock_never_runs_backwards():
+    net = Net(IDS, **TIMED)
+    n1 = net.nodes["n1"]
+    n1.set_time(5.0)
+    n1.set_time(3.0)
+    assert n1._now == 5.0
+
+
+def test_config_rejects_a_non_positive_lease_duration():
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError):
+            Config(id="a", lease_duration=bad)

@@ -16,6 +16,8 @@ from multiraft.raft.types import ReadState
 from multiraft.sim.__main__ import main as sim_main
 from multiraft.sim.run import REPORTED_COUNTERS, run_seed
 
+from planted_bugs import PINNED
+
 SUITE_SEEDS = list(range(30))
 
 
@@ -88,7 +90,7 @@ def test_sim_catches_a_forgotten_vote_paper_5_2(monkeypatch):
 
 
 def test_sim_catches_stale_reads_with_the_linearizability_checker(monkeypatch):
-    def local_read(self, context, lease=None):
+    def local_read(self, context, lease=None, now=None):
         self._read_states.append(ReadState(self.log.committed, context))
 
     monkeypatch.setattr(raft_state.RaftState, "read_index", local_read)
@@ -114,25 +116,41 @@ def test_sim_catches_a_decoder_that_ignores_the_frame_checksum(monkeypatch):
             violation = result.violation
             break
     assert violation is not None and "flipped was accepted" in violation
-# Seeds whose mid-round crashes leave a log that recovery must repair (the
-# log reset after an installed snapshot lost).
-RESTART_REPAIR_SEEDS = (29, 44)
 
 
-def test_sim_catches_a_restart_that_skips_finishing_an_interrupted_snapshot_round(monkeypatch):
-    """The old recovery: the log a mid-round crash left is handed to the core
-    as is. The core must refuse it (LogDoesNotFollowSnapshot), so the sim fails."""
-    from multiraft.sim import cluster
-
-    monkeypatch.setattr(cluster, "follow_snapshot", lambda meta, hs, entries: (hs, entries, None))
-    violation = _first_violation(RESTART_REPAIR_SEEDS)
-    assert violation is not None and "LogDoesNotFollowSnapshot" in violation
+# Planted bugs that only some seeds reach: tests/planted_bugs.py pins them.
+def _pinned_violation(monkeypatch, name):
+    plant, _text, seeds = PINNED[name]
+    plant(monkeypatch.setattr)
+    return _first_violation(seeds)
 
 
-def test_sim_catches_a_restart_that_leaves_the_log_base_behind_its_snapshot(monkeypatch):
-    """Without the reset, the next append leaves a gap the disk refuses."""
-    from multiraft.sim import cluster
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_sim_catches_each_pinned_planted_bug(monkeypatch, name):
+    """tests/planted_bugs.py: the lease counted in ticks across a process pause
+    (issue 9 part 2), a restart that skips finishing an interrupted snapshot
+    round (the core must refuse the log: LogDoesNotFollowSnapshot) or leaves
+    the log base behind the snapshot (a gap the disk refuses), and a re-added
+    replica reusing its old id (issue 9 part 1: a stale voter wins with the
+    empty replica's vote)."""
+    violation = _pinned_violation(monkeypatch, name)
+    text = PINNED[name][1]
+    assert violation is not None and text in violation, (
+        f"{name}: the pinned seeds no longer reach the bug; re-pick with python tools/planted_seeds.py"
+    )
 
-    monkeypatch.setattr(cluster, "reset_needed", lambda meta, base, entries: False)
-    violation = _first_violation((27, 36))
-    assert violation is not None and "a gap in the log" in violation
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_pinned_seeds_pass_without_the_planted_bug(name):
+    for seed in PINNED[name][2]:
+        result = run_seed(seed)
+        assert result.ok, f"seed {seed}: {result.violation}"
+
+
+PAUSED_LEASE_SEED = PINNED["lease_in_ticks"][2][0]
+
+
+def test_paused_lease_seed_passes_with_the_lease_in_real_time():
+    result = run_seed(PAUSED_LEASE_SEED)
+    assert result.ok, result.violation
+    assert result.counters["pauses"] > 0 and result.counters["lease_reads"] > 0

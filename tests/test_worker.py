@@ -329,3 +329,115 @@ async def test_status_reports_the_protocol_fields(tmp_path, autojump_clock):
             stats = cluster.workers[leader].stats()
             protocol.encode(["status", cluster.workers[leader].status(), stats])  # encodable
             assert stats["leaders"] == 1 and "transport" in stats and "storage" in stats
+
+
+# ---- lease reads in real time (issue 9) --------------------------------------------------
+
+
+def _freeze_ticks(worker):
+    """The worker's process stalls: its ticker does not run (the instance
+    attribute shadows RaftState.tick until deleted)."""
+    for g in worker.groups.values():
+        g.raft.tick = lambda now=None: None
+
+
+def _thaw_ticks(worker):
+    for g in worker.groups.values():
+        del g.raft.tick
+
+
+async def _wait_other_leader(cluster, group, old):
+    """The leader among the nodes other than `old` (which may still think it leads)."""
+    while True:
+        for n, w in cluster.workers.items():
+            if n != old and w.groups[group].raft.role == StateRole.LEADER:
+                return n
+        await trio.sleep(0.05)
+
+
+async def test_a_leader_stalled_past_its_lease_never_answers_a_lease_read_with_the_old_value(
+    tmp_path, autojump_clock
+):
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path, lease_reads=True, limits={"request_timeout_ms": 60_000}) as cluster:
+            old = await cluster.wait_leader(0)
+            async with cluster.client(old) as c:
+                assert (await put(c, 0, b"k", b"v1"))[0] == "ok"
+                await trio.sleep(0.5)  # acknowledged heartbeat rounds: a lease
+                assert await c.call("get", 0, b"k", "lease") == ["ok", b"v1"]
+                t0 = trio.current_time()
+                _freeze_ticks(cluster.workers[old])
+                cluster.net.isolate(f"{old}/w0")
+                new = await _wait_other_leader(cluster, 0, old)
+                async with cluster.client(new) as c2:
+                    assert (await put(c2, 0, b"k", b"v2"))[0] == "ok"
+                await trio.sleep_until(t0 + 1.3)
+                cluster.net.heal()
+                # It wakes up with a lease read before its ticker catches up.
+                status, payload = await c.call("get", 0, b"k", "lease")
+                _thaw_ticks(cluster.workers[old])
+            assert [status, payload] != ["ok", b"v1"]
+            assert status == "not_leader" or payload == b"v2"
+            assert cluster.workers[old].groups[0].raft.counters["lease_reads"] == 1  # only the first
+
+
+async def test_a_lease_read_whose_lease_ran_out_before_its_answer_is_asked_again(tmp_path, autojump_clock):
+    # The ReadState came with a lease that ended before the worker got to
+    # answer it (a long apply batch, an fsync): it must not be answered on
+    # that lease, but confirmed by a heartbeat round.
+    from multiraft.raft.types import Ready, ReadState
+    from workers.group import Request
+
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path, lease_reads=True) as cluster:
+            leader = await cluster.wait_leader(0)
+            async with cluster.client(leader) as c:
+                assert (await put(c, 0, b"k", b"v1"))[0] == "ok"
+            w = cluster.workers[leader]
+            g = w.groups[0]
+            answers = []
+
+            class Conn:
+                def respond(self, req_id, status, payload):
+                    answers.append([status, payload])
+
+            req = Request(Conn(), 1, trio.current_time() + 60, 0)
+            req.ctx, req.query = b"late-read", __import__("multiraft.kv", fromlist=["Get"]).Get(b"k")
+            g.reads[req.ctx] = req
+            g.reads_term = g.raft.term
+            w._pending += 1
+            expired = ReadState(g.raft.log.applied, req.ctx, lease_expiry=trio.current_time() - 0.001)
+            w._apply(g, Ready(None, None, (), None, (), (), (), (expired,), False))
+            assert answers == [] and w.counters["reads_lease_expired"] == 1
+            w._notify()
+            while not answers:
+                await trio.sleep(0.01)
+            assert answers == [["ok", b"v1"]]
+            assert g.raft.counters["readindex_reads"] >= 1
+
+
+async def test_lease_reads_fall_back_to_readindex_while_a_peer_runs_other_timing(tmp_path, autojump_clock):
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path, lease_reads=True) as cluster:
+            leader = await cluster.wait_leader(0)
+            w = cluster.workers[leader]
+            raft = w.groups[0].raft
+            async with cluster.client(leader) as c:
+                assert (await put(c, 0, b"k", b"v"))[0] == "ok"
+                await trio.sleep(0.5)
+                w.set_timing_ok(False, "n9 runs election_tick=20")
+                assert await c.call("get", 0, b"k", "lease") == ["ok", b"v"]
+                assert raft.counters["lease_reads"] == 0
+                w.set_timing_ok(True)
+                assert await c.call("get", 0, b"k", "lease") == ["ok", b"v"]
+                assert raft.counters["lease_reads"] == 1
+
+
+def test_worker_lease_is_the_election_timeout_less_drift_and_a_tick():
+    from workers.config import WorkerConfig
+
+    base = dict(node_id="n1", worker_index=0, data_dir="/tmp/x", raft_listen_url="mem://n1/w0",
+                client_listen_address="127.0.0.1:0", groups={}, groups_total=1)
+    assert WorkerConfig.from_dict({**base, "tick_ms": 100, "election_tick": 10}).lease_s == 0.7
+    assert WorkerConfig.from_dict({**base, "max_clock_drift_ms": 0}).lease_s == 0.9
+    assert WorkerConfig.from_dict({**base, "tick_ms": 50, "election_tick": 4}).lease_s is None

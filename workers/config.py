@@ -49,6 +49,12 @@ compact_lag_entries         1000         entries kept in the log behind a snapsh
 lease_reads                 false        honour read_mode "lease" (leader lease reads,
                                          thesis §6.4.1; relies on bounded clock drift). When
                                          false, "lease" reads are served with ReadIndex
+max_clock_drift_ms          200          how far two nodes' clocks may drift apart within one
+                                         election timeout; a lease read is served only while
+                                         less than election timeout - this - one tick passed
+                                         since the heartbeat round a quorum acknowledged was
+                                         sent (by this process's monotonic clock). When that
+                                         is <= 0, lease reads are served with ReadIndex
 seed                        null         seed of the election-timeout randomness (null: from
                                          os.urandom); for reproducible tests only
 limits                      {}           see ``Limits`` below
@@ -200,6 +206,7 @@ class WorkerConfig:
     snapshot_threshold_entries: int = 10_000
     compact_lag_entries: int = 1_000
     lease_reads: bool = False
+    max_clock_drift_ms: int = 200
     seed: int | None = None
     limits: Limits = Limits()
     storage: dict = attrs.field(factory=dict)
@@ -230,6 +237,8 @@ class WorkerConfig:
                 _check_int(name, d[name])
         if "compact_lag_entries" in d:
             _check_int("compact_lag_entries", d["compact_lag_entries"], 0)
+        if "max_clock_drift_ms" in d:
+            _check_int("max_clock_drift_ms", d["max_clock_drift_ms"], 0)
         for name in ("sync_on_write", "lease_reads"):
             if name in d:
                 _check_bool(name, d[name])
@@ -256,6 +265,14 @@ class WorkerConfig:
         d["limits"] = self.limits.to_dict()
         d["storage"] = dict(self.storage)
         return d
+
+    @property
+    def lease_s(self) -> float | None:
+        """The leader lease, in seconds of the monotonic clock: election
+        timeout - max clock drift - one tick (the tick: a follower may hear a
+        heartbeat just before its tick). None: too short to be worth it."""
+        ms = self.election_tick * self.tick_ms - self.max_clock_drift_ms - self.tick_ms
+        return ms / 1000.0 if ms > 0 else None
 
     @property
     def address(self) -> str:

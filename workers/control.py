@@ -11,7 +11,9 @@ worker's stdin (coordinator -> worker) and stdout (worker -> coordinator).
    ``["ready", {"raft_url", "client_address", "node_id", "worker_index",
    "address", "pid", "groups"}]``;
 3. every `status_interval` seconds write ``["status", {group: status}, stats]``;
-4. apply every ``["routing", table]``; run every ``["add_group", g]``,
+4. apply every ``["routing", table]`` and every ``["timing", {"ok", "why"}]``
+   (the coordinator's verdict on its peers' timing: lease reads off unless
+   ok); run every ``["add_group", g]``,
    ``["remove_group", g]``, ``["export_group", g]`` and
    ``["import_group", g, state]`` (workers.membership) and answer it with
    ``["group_op", kind, g, {"ok", "error", ...}]``; stop on ``["shutdown"]``, on end of
@@ -170,6 +172,10 @@ async def run_worker_process(
                             worker.set_routing(frame[1])
                         except RoutingError as exc:
                             _log.error("ignoring a bad routing table: %s", exc)
+                    elif frame[0] == "timing" and len(frame) >= 2 and isinstance(frame[1], dict):
+                        # The coordinator's check of its peers' timing: lease
+                        # reads only while every node runs ours.
+                        worker.set_timing_ok(frame[1].get("ok") is True, str(frame[1].get("why", "")))
                     elif frame[0] in GROUP_OPS and len(frame) >= 2:
                         # ["add_group", g] and friends: answered with
                         # ["group_op", kind, g, {"ok", "error", ...}]

@@ -31,10 +31,12 @@ class Request:
 
     Writes: `data` (the encoded command) until proposed, then `index`/`term`
     of their entry. Reads: `ctx` (the ReadIndex context) until their ReadState
-    arrives, then `index` (the read index to wait for).
+    arrives, then `index` (the read index to wait for) and, for a read the
+    leader confirmed by its lease, `lease_expiry` (the monotonic time after
+    which it must not be answered without a heartbeat round).
     """
 
-    __slots__ = ("conn", "req_id", "deadline", "group", "data", "query", "ctx", "index", "term", "done")
+    __slots__ = ("conn", "req_id", "deadline", "group", "data", "query", "ctx", "index", "lease_expiry", "term", "done")
 
     def __init__(self, conn: Any, req_id: Any, deadline: float, group: int) -> None:
         self.conn = conn
@@ -45,6 +47,7 @@ class Request:
         self.query: kv.Get | kv.Scan | None = None
         self.ctx: bytes = b""
         self.index = -1
+        self.lease_expiry: float | None = None
         self.term = 0
         self.done = False
 

@@ -117,6 +117,7 @@ STAT_NAMES = (
     "writes_unknown",  # covered by an installed snapshot: "timeout"
     "reads_ok",
     "reads_failed_leadership",  # lost leadership before the read index was confirmed
+    "reads_lease_expired",  # lease ran out before the answer: asked again by ReadIndex
     "snapshots_taken",
     "snapshots_installed",
     "routing_updates",
@@ -202,6 +203,17 @@ class Worker:
         self._ctx_seq = 0
         self._request_timeout = config.limits.request_timeout_ms / 1000.0
         self._tick_interval = config.tick_ms / 1000.0
+        # Lease reads need a lease worth having, and every node running the
+        # timing the lease assumes (the coordinator checks its peers' and
+        # clears `timing_ok` on a mismatch: see set_timing_ok).
+        self._lease_s = config.lease_s
+        self.timing_ok = True
+        if config.lease_reads and self._lease_s is None:
+            _log.warning(
+                "%s: lease reads served with ReadIndex: election timeout %d ms leaves no lease "
+                "after max_clock_drift_ms %d and one tick",
+                config.address, config.election_tick * config.tick_ms, config.max_clock_drift_ms,
+            )
         # Placement changes (add/remove/export/import a group) waiting for the
         # raft loop, and the last routing table (applied to groups added later).
         self._group_ops: list = []
@@ -376,7 +388,25 @@ class Worker:
             pre_vote=True,
             check_quorum=True,
             read_only=ReadOnlyOption.SAFE,
+            # In seconds of trio.current_time(), which this driver passes in.
+            lease_duration=self._lease_s,
         )
+
+    @property
+    def lease_reads(self) -> bool:
+        """Are clients' lease reads served by the lease (else ReadIndex)?"""
+        return self.config.lease_reads and self._lease_s is not None and self.timing_ok
+
+    def set_timing_ok(self, ok: bool, why: str = "") -> None:
+        """The coordinator's verdict on its peers' timing settings: lease
+        reads are trusted only while every node runs the same tick, election
+        timeout and clock-drift bound as this one."""
+        if ok != self.timing_ok:
+            if ok:
+                _log.debug("%s: lease reads back on: every peer runs the same timing", self.address)
+            else:
+                _log.debug("%s: lease reads off (served with ReadIndex): %s", self.address, why)
+        self.timing_ok = ok
 
     def _build_groups(self, state: dict[int, tuple]) -> None:
         cfg = self.config
@@ -555,11 +585,17 @@ class Worker:
                 raft = g.raft
                 if g.failed:
                     continue
+                if raft.role == _LEADER:
+                    # The time dates the heartbeat round this tick may start
+                    # (the lease runs from it); followers need no clock.
+                    raft.tick(now)
+                    for _ in range(behind):
+                        raft.tick(now)
+                    dirty.add(gid)  # heartbeats, most likely
+                    continue
                 raft.tick()
                 if raft.role == _LEADER:
-                    for _ in range(behind):
-                        raft.tick()
-                    dirty.add(gid)  # heartbeats, most likely
+                    dirty.add(gid)  # a single voter elected itself
                 elif raft.election_elapsed == 0:
                     # A tick changes a non-leader only when it campaigns (or
                     # steps down), which resets its election timer; other
@@ -797,20 +833,48 @@ class Worker:
                 req = reads.pop(rs.context, None)
                 if req is not None and not req.done:
                     req.index = rs.index
+                    req.lease_expiry = rs.lease_expiry
                     g.reads_indexed.append(req)
         if g.reads and (raft.role != _LEADER or raft.term != g.reads_term):
             # The core forgot these reads when it lost leadership.
             self._fail_reads(g)
         if g.reads_indexed:
             keep = []
+            now = trio.current_time()
             for req in g.reads_indexed:
                 if req.done:
                     continue
-                if req.index <= applied:
-                    self._serve_read(g, req)
-                else:
+                if req.index > applied:
                     keep.append(req)
+                elif req.lease_expiry is not None and now >= req.lease_expiry:
+                    # The lease is judged when the read is answered, not when
+                    # the ReadState was made: an apply batch, an fsync or a
+                    # stalled process may lie in between.
+                    self._reask_read(g, req, now)
+                else:
+                    self._serve_read(g, req)
             g.reads_indexed = keep
+
+    def _reask_read(self, g: Group, req: Request, now: float) -> None:
+        """Ask again for a lease read whose lease ran out: a heartbeat round."""
+        self.counters["reads_lease_expired"] += 1
+        raft = g.raft
+        req.index = -1
+        req.lease_expiry = None
+        if raft.role != _LEADER or raft.term != g.reads_term:
+            self.counters["reads_failed_leadership"] += 1
+            self._respond(req, protocol.NOT_LEADER, raft.leader)
+            return
+        try:
+            raft.read_index(req.ctx, lease=False, now=now)
+        except NotLeader as exc:
+            self._respond(req, protocol.NOT_LEADER, exc.leader)
+            return
+        except Busy:
+            self._respond(req, protocol.BUSY, None)
+            return
+        g.reads[req.ctx] = req
+        self._dirty.add(g.gid)
 
     def _fail_reads(self, g: Group) -> None:
         """Answer not_leader to every read still waiting for its read index."""
@@ -965,7 +1029,7 @@ class Worker:
             self._ctx_seq += 1
             ctx = _CTX.pack(self._ctx_seq)
             try:
-                raft.read_index(ctx, lease=req.lease and self.config.lease_reads)
+                raft.read_index(ctx, lease=req.lease and self.lease_reads, now=trio.current_time())
             except NotLeader as exc:
                 counters["client_not_leader"] += 1
                 conn.respond(req.req_id, protocol.NOT_LEADER, leader_hint(exc.leader))

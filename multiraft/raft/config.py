@@ -31,6 +31,14 @@ class Config:
     # heartbeat round a quorum acknowledged. Must be shorter than the minimum
     # election timeout; the margin absorbs clock-rate drift between nodes.
     lease_ticks: int | None = None
+    # Lease length in the unit of the `now` the driver passes to tick(),
+    # set_time() and read_index() (the core never reads a clock): at most
+    # election timeout - max clock drift - one tick. Set by every driver that
+    # has a clock (the worker, the simulator): the lease then runs in the
+    # driver's real time, so a process that stalls (GC, SIGSTOP, a long apply)
+    # cannot wake up believing in a lease its ticks have not caught up with.
+    # None: the lease is counted in ticks (lease_ticks), for clockless tests.
+    lease_duration: float | None = None
     inflight_msgs_max: int = attrs.field(default=256, validator=_positive)
     inflight_bytes_max: int = attrs.field(default=8 << 20, validator=_positive)
     msg_size_bytes_max: int = attrs.field(default=1 << 20, validator=_positive)
@@ -49,6 +57,8 @@ class Config:
             raise ValueError("LEASE_BASED reads require check_quorum")
         if self.lease_ticks is not None and not 0 < self.lease_ticks < self.election_tick:
             raise ValueError("lease_ticks must be in (0, election_tick)")
+        if self.lease_duration is not None and not self.lease_duration > 0:
+            raise ValueError(f"lease_duration must be > 0, got {self.lease_duration}")
 
     @property
     def effective_lease_ticks(self) -> int:

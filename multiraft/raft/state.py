@@ -74,6 +74,7 @@ class _PendingRead:
     requester: NodeId
     index: int
     round: int  # heartbeat round that must be acknowledged by a quorum
+    lease_expiry: float | None = None  # answered by the lease, valid until then
 
 
 @attrs.define
@@ -133,7 +134,11 @@ class RaftState:
         self._prev_soft_state = SoftState(None, StateRole.FOLLOWER)
         self._ready_outstanding = False
 
-        self._ticks = 0  # ticks since construction: the core's only clock
+        self._ticks = 0  # ticks since construction: the election clock
+        # The driver's clock, as last passed in (never read here): the lease
+        # is measured in it when config.lease_duration is set. None until the
+        # driver passes a time: no lease before that.
+        self._now: float | None = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self._randomized_election_timeout = 0
@@ -149,7 +154,10 @@ class RaftState:
         # ReadIndex state (leader): numbered heartbeat rounds.
         self._round = 0
         self._round_open: int | None = None  # round whose heartbeats are not sent yet
-        self._round_start_tick: dict[int, int] = {}
+        # When each round's heartbeats were created, by the lease clock
+        # (_clock): no later than they were sent, so a lease counted from it
+        # ends no later than one counted from the sending.
+        self._round_sent_at: dict[int, float] = {}
         self._acked_round: dict[NodeId, int] = {}
         self._pending_reads: collections.deque[_PendingRead] = collections.deque()
         self._reads_waiting_commit: list[tuple[bytes, NodeId, bool]] = []
@@ -189,7 +197,16 @@ class RaftState:
 
     # ==== inputs ================================================================
 
-    def tick(self) -> None:
+    def set_time(self, now: float) -> None:
+        """The driver's monotonic clock reads `now` (in the unit of
+        config.lease_duration). A time earlier than one already passed is
+        ignored: the core's clock never runs backwards."""
+        if self._now is None or now > self._now:
+            self._now = now
+
+    def tick(self, now: float | None = None) -> None:
+        if now is not None:
+            self.set_time(now)
         self._ticks += 1
         if self.role == StateRole.LEADER:
             self._tick_leader()
@@ -225,7 +242,7 @@ class RaftState:
         self._pending_conf_index = index
         return index
 
-    def read_index(self, context: bytes, lease: bool | None = None) -> None:
+    def read_index(self, context: bytes, lease: bool | None = None, now: float | None = None) -> None:
         """Ask for a linearizable read (thesis §6.4). A ReadState with this
         context appears in a later Ready; serve the read once applied >= its
         index. Raises NotLeader on a node that knows no leader, Busy when too
@@ -233,7 +250,10 @@ class RaftState:
 
         `lease` overrides the configured read mode for this request (on the
         leader only; lease reads need check_quorum). Reads a follower forwards
-        always use a heartbeat round."""
+        always use a heartbeat round. `now`: the driver's clock (as
+        set_time); a lease read's ReadState carries its lease_expiry."""
+        if now is not None:
+            self.set_time(now)
         if self.role == StateRole.LEADER:
             if lease is None:
                 lease = self.config.read_only == ReadOnlyOption.LEASE_BASED
@@ -519,7 +539,7 @@ class RaftState:
         self._pending_reads.clear()
         self._reads_waiting_commit.clear()
         self._round_open = None
-        self._round_start_tick.clear()
+        self._round_sent_at.clear()
         self._acked_round.clear()
         last = self.log.last_index()
         for node, pr in self.progress.items():
@@ -900,17 +920,19 @@ class RaftState:
 
     def _bcast_heartbeat(self) -> None:
         self._round += 1
-        starts = self._round_start_tick
-        starts[self._round] = self._ticks
-        # Rounds older than the lease can never make a lease valid again, and
-        # reads only compare round numbers: forget them (oldest first, since
-        # the dict is in round order).
-        cutoff = self._ticks - self.config.effective_lease_ticks - 1
-        while starts:
-            first = next(iter(starts))
-            if starts[first] >= cutoff:
-                break
-            del starts[first]
+        starts = self._round_sent_at
+        now = self._clock()
+        if now is not None:
+            starts[self._round] = now
+            # Rounds older than the lease can never make a lease valid again,
+            # and reads only compare round numbers: forget them (oldest
+            # first, since the dict is in round order).
+            cutoff = now - self._lease_length() - 1
+            while starts:
+                first = next(iter(starts))
+                if starts[first] >= cutoff:
+                    break
+                del starts[first]
         self._round_open = self._round
         for node, pr in self.progress.items():
             if node != self.id:
@@ -990,9 +1012,10 @@ class RaftState:
             self._reads_waiting_commit.append((context, requester, lease))
             return
         index = self.log.committed
-        if lease and self._lease_valid():
+        expiry = self._lease_expiry() if lease else None
+        if expiry is not None:
             self.counters["lease_reads"] += 1
-            self._answer_read(_PendingRead(context, requester, index, 0))
+            self._answer_read(_PendingRead(context, requester, index, 0, expiry))
             return
         if len(self.conf.all_voters()) == 1 and self.id in self.conf.all_voters():
             self.counters["readindex_reads"] += 1
@@ -1020,23 +1043,42 @@ class RaftState:
 
     def _answer_read(self, r: _PendingRead) -> None:
         if r.requester == self.id:
-            self._read_states.append(ReadState(r.index, r.context))
+            self._read_states.append(ReadState(r.index, r.context, r.lease_expiry))
         else:
             self._send(
                 Message(MT.READ_INDEX_RESPONSE, self.id, r.requester, self.term, index=r.index, context=r.context)
             )
 
-    def _lease_valid(self) -> bool:
+    def _clock(self) -> float | None:
+        """The clock the lease runs on: the driver's (lease_duration set) or
+        the tick count."""
+        if self.config.lease_duration is None:
+            return self._ticks
+        return self._now
+
+    def _lease_length(self) -> float:
+        d = self.config.lease_duration
+        return d if d is not None else self.config.effective_lease_ticks
+
+    def _lease_expiry(self) -> float | None:
+        """When the lease ends (by _clock), or None if it is not valid now.
+        It runs from the creation of the latest heartbeat round a quorum
+        acknowledged: every voter of that quorum refuses votes for an
+        election timeout after it heard that round (_in_lease)."""
         if self._transfer_started_this_term or self.lead_transferee is not None:
-            return False
+            return None
+        now = self._clock()
+        if now is None:
+            return None
         confirmed = self._quorum_round()
-        start = self._round_start_tick.get(confirmed)
+        start = self._round_sent_at.get(confirmed)
         if start is None:
-            return False
+            return None
         # Forget rounds that can no longer matter.
-        for r in [r for r in self._round_start_tick if r < confirmed]:
-            del self._round_start_tick[r]
-        return self._ticks < start + self.config.effective_lease_ticks
+        for r in [r for r in self._round_sent_at if r < confirmed]:
+            del self._round_sent_at[r]
+        expiry = start + self._lease_length()
+        return expiry if now < expiry else None
 
     # ==== membership ============================================================
 

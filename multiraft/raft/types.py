@@ -181,10 +181,19 @@ class SoftState:
 
 @attrs.frozen
 class ReadState:
-    """A read request `context` may be answered once applied >= index (§6.4)."""
+    """A read request `context` may be answered once applied >= index (§6.4).
+
+    `lease_expiry` is set on a read the leader confirmed by its lease, not by
+    a heartbeat round: the driver must answer it only while its clock (the
+    `now` it passes to the core) is below this, and otherwise ask again with
+    read_index(context, lease=False). The answer may come long after the
+    Ready (an apply batch, an fsync, a stalled process): the lease is judged
+    at the moment of answering. In the core's clock unit (ticks when
+    Config.lease_duration is None)."""
 
     index: int
     context: bytes
+    lease_expiry: float | None = None
 
 
 class ReadOnlyOption(enum.Enum):

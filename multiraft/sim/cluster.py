@@ -16,6 +16,7 @@ import attrs
 from multiraft import kv
 from multiraft.raft.config import Config
 from multiraft.raft.log import follow_snapshot, reset_needed
+from multiraft.raft.errors import RaftError
 from multiraft.raft.state import RaftState
 from multiraft.raft.types import EntryType, Ready, ReadOnlyOption, StateRole
 
@@ -41,6 +42,7 @@ class ReadWaiter:
     op_id: int
     key: bytes
     index: int = -1  # set when the ReadState arrives
+    lease_expiry: float | None = None  # a lease read: answer only before this (node clock)
 
 
 class Replica:
@@ -131,7 +133,15 @@ class Replica:
             w = self.read_waiters.get(rs.context)
             if w is not None:
                 w.index = rs.index
+                w.lease_expiry = rs.lease_expiry
         raft.advance(rd)
+        if rd.read_states and sim.options.pause_rate and not self.node.paused_until:
+            if sim.rng.random() < 0.05:
+                # The process stalls between taking the read indexes and
+                # answering them (a long apply batch, GC): the answers wait.
+                sim.pause(self.node, self.node.worker_of(self.group) if sim.options.workers_per_node > 1 else None)
+                sim.counters["pauses_mid_apply"] += 1
+                return
         self._serve_reads(sim, now)
         self._maybe_snapshot(sim)
 
@@ -150,8 +160,19 @@ class Replica:
         if not self.read_waiters:
             return
         applied = self.raft.log.applied
+        clock = self.node.clock(now)
         for ctx, w in list(self.read_waiters.items()):
             if 0 <= w.index <= applied:
+                if w.lease_expiry is not None and clock >= w.lease_expiry:
+                    # The worker's rule: the lease is judged when the read is
+                    # answered; expired, it is asked again by ReadIndex.
+                    sim.counters["lease_reads_expired"] += 1
+                    w.index, w.lease_expiry = -1, None
+                    try:
+                        self.raft.read_index(ctx, lease=False, now=clock)
+                    except RaftError:
+                        del self.read_waiters[ctx]  # the client times out and retries
+                    continue
                 del self.read_waiters[ctx]
                 result = self.kv.read(kv.Get(w.key))
                 sim.workload.complete_read(w.client, w.op_id, result.value, now)
@@ -201,6 +222,23 @@ class SimNode:
         self.down_until: int | None = None
         self.disk_latency_max = rng.choice([0, options.disk_latency_steps_max])
         self._rng_seed = rng.random()
+        # This node's monotonic clock: clock(step) = origin + step * rate. It
+        # runs on while the node is paused (as CLOCK_MONOTONIC does under
+        # SIGSTOP); the node just does not look at it. Rates differ by at most
+        # max_clock_drift_steps over an election timeout between two nodes.
+        self.clock_origin = 0.0
+        self.clock_rate = 1.0
+        if options.clock_drift:
+            timeout = options.election_tick * options.steps_per_tick
+            rho = options.max_clock_drift_steps / timeout / 2.5
+            self.clock_rate = 1.0 + rng.uniform(-rho, rho)
+            self.clock_origin = float(rng.randint(0, 10_000))
+        self.next_tick_at = self.clock_origin + options.steps_per_tick
+        # Paused workers (None: the whole node): step at which they resume,
+        # and what reached them meanwhile (client requests, then messages).
+        self.paused_until: dict[int | None, int] = {}
+        self.backlog_requests: list[tuple[int | None, Callable[[], None]]] = []
+        self.backlog_messages: list[tuple[int | None, int, object]] = []
 
     @property
     def up(self) -> bool:
@@ -208,6 +246,59 @@ class SimNode:
 
     def worker_of(self, group: int) -> int:
         return group % self.options.workers_per_node
+
+    def clock(self, step: int) -> float:
+        return self.clock_origin + step * self.clock_rate
+
+    def paused(self, group: int) -> bool:
+        p = self.paused_until
+        return bool(p) and (None in p or self.worker_of(group) in p)
+
+    def pause_key(self, group: int) -> int | None:
+        return None if None in self.paused_until else self.worker_of(group)
+
+    def queue_request(self, group: int, deliver: Callable[[], None]) -> None:
+        self.backlog_requests.append((self.pause_key(group), deliver))
+
+    def queue_message(self, group: int, m) -> None:
+        self.backlog_messages.append((self.pause_key(group), group, m))
+
+    def resume(self, key: int | None, sim: "Sim") -> None:
+        """The paused process runs again: it answers the reads it had
+        indexed, then handles its backlog of client requests and messages
+        (in either order) before its next tick."""
+        rng = sim.rng
+        del self.paused_until[key]
+        reqs = [d for k, d in self.backlog_requests if k == key]
+        msgs = [(g, m) for k, g, m in self.backlog_messages if k == key]
+        self.backlog_requests = [b for b in self.backlog_requests if b[0] != key]
+        self.backlog_messages = [b for b in self.backlog_messages if b[0] != key]
+
+        for g, r in list(self.replicas.items()):
+            if key is None or self.worker_of(g) == key:
+                r._serve_reads(sim, sim.now)
+
+        def deliver_messages() -> None:
+            for g, m in msgs:
+                r = self.replicas.get(g)
+                if r is not None and r.raft.id == m.to:
+                    r.raft.step(m)
+
+        def deliver_requests() -> None:
+            for d in reqs:
+                d()
+
+        if rng.random() < 0.5:
+            deliver_requests()
+            deliver_messages()
+        else:
+            deliver_messages()
+            deliver_requests()
+
+    def lease_duration(self) -> float:
+        """Election timeout - max drift - one tick, in this node's clock."""
+        o = self.options
+        return float(o.election_tick * o.steps_per_tick - o.max_clock_drift_steps - o.steps_per_tick)
 
     def worker_disk(self, group: int) -> SimDisk:
         return self.disks[self.worker_of(group)]
@@ -226,6 +317,7 @@ class SimNode:
             pre_vote=o.pre_vote,
             check_quorum=o.check_quorum,
             read_only=ReadOnlyOption.LEASE_BASED if o.lease_reads else ReadOnlyOption.SAFE,
+            lease_duration=self.lease_duration(),
             msg_size_bytes_max=512,  # small: exercise multi-message catch-up
             snapshot_chunk_bytes_max=256,  # small: exercise chunked snapshots
             inflight_msgs_max=4,
@@ -303,6 +395,12 @@ class SimNode:
         a torn write keeps a prefix of them); return its groups."""
         if self.disks[worker].crash(torn_rng):
             counters["torn_writes"] += 1
+        # A paused process that crashes loses its backlog with its memory.
+        self.paused_until.pop(worker, None)
+        if None in self.paused_until:
+            self.paused_until.clear()
+        self.backlog_requests = [b for b in self.backlog_requests if b[0] not in (worker, None)]
+        self.backlog_messages = [b for b in self.backlog_messages if b[0] not in (worker, None)]
         lost = [g for g in self.replicas if self.worker_of(g) == worker]
         for g in lost:
             counters.update(self.replicas[g].raft.counters)

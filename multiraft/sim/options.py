@@ -60,6 +60,14 @@ class SimOptions:
     # A smaller snapshot interval while a group is joint (0: the usual one),
     # so that snapshots are taken and installed with joint configs.
     joint_snapshot_interval_entries: int = 0
+    # Process pauses (GC, SIGSTOP, a long synchronous apply): per step, the
+    # chance that a node or one worker stops for longer than an election
+    # timeout, keeping its memory and a backlog of messages and requests.
+    pause_rate: float = 0.0
+    # Each node's clock runs at its own rate (and from its own origin) within
+    # max_clock_drift_steps per election timeout; the lease allows for that.
+    clock_drift: bool = False
+    max_clock_drift_steps: int = 10
 
     @classmethod
     def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> "SimOptions":
@@ -95,6 +103,8 @@ class SimOptions:
             corrupt_rate=rng.choice([0.0, 0.0, 0.002, 0.01]),
             midround_crash_rate=rng.choice([0.0, 0.0, 0.0005, 0.002]),
             joint_snapshot_interval_entries=rng.choice([0, 1, 3]),
+            pause_rate=rng.choice([0.0, 0.0005, 0.002]),
+            clock_drift=rng.random() < 0.5,
         )
         fields["sessions_max"] = rng.choice([kv.SESSIONS_MAX, kv.SESSIONS_MAX, 2, 3, 4])
         return cls(**fields)

@@ -41,6 +41,8 @@ REPORTED_COUNTERS = (
     "midround_crashes",
     "torn_writes",
     "joint_snapshots",
+    "pauses",
+    "drifting_nodes",
 )
 
 
@@ -78,6 +80,7 @@ class Sim:
             for n in members:
                 self.nodes[n].create_replica(g, tuple(members), self.rng)
         self.workload = Workload(self)
+        self.counters["drifting_nodes"] = sum(1 for n in self.nodes.values() if n.clock_rate != 1.0)
 
     # ---- the loop ----------------------------------------------------------------
 
@@ -121,9 +124,13 @@ class Sim:
         if chaos:
             self._inject_faults()
         self._restart_due()
+        self._resume_due()
         for group, m in self.network.due(now):
             node = self.nodes.get(node_of(m.to))
             if node is None or not node.up:
+                continue
+            if node.paused(group):
+                node.queue_message(group, m)
                 continue
             r = node.replicas.get(group)
             if r is not None:
@@ -132,11 +139,15 @@ class Sim:
                     self.counters["dropped_retired_replica"] += 1
                     continue
                 r.raft.step(m)
-        if now % o.steps_per_tick == 0:
-            for node in self.nodes.values():
-                if node.up:
-                    for r in node.replicas.values():
-                        r.raft.tick()
+        for node in self.nodes.values():
+            # Each node ticks by its own clock (at most once a step: ticks
+            # never run ahead of its time); a paused process misses its ticks.
+            clock = node.clock(now)
+            if node.up and clock >= node.next_tick_at:
+                node.next_tick_at += o.steps_per_tick
+                for g, r in node.replicas.items():
+                    if not node.paused(g):
+                        r.raft.tick(now=clock)
         if chaos:
             self._admin_actions()
         self.workload.step(now)
@@ -145,6 +156,8 @@ class Sim:
                 for r in list(node.replicas.values()):
                     if node.replicas.get(r.group) is not r:
                         continue  # lost in a crash inside this step's round
+                    if node.paused(r.group):
+                        continue
                     r.step_ready(self, now)
                     if self.midround_crash is not None:
                         self._crash_midround()
@@ -175,6 +188,36 @@ class Sim:
                     self._crash_worker(node, rng.randrange(o.workers_per_node))
                 else:
                     self._crash_node(node)
+        if o.pause_rate and rng.random() < o.pause_rate:
+            self._pause()
+
+    def _pause(self) -> None:
+        """Stop a node or one worker (often a leader's) for longer than an
+        election timeout; it keeps its memory and queues what reaches it."""
+        o = self.options
+        rng = self.rng
+        leaders = [r.node for g in range(o.groups) for r in [self._leader_of(g)] if r is not None]
+        candidates = [n for n in (leaders if leaders and rng.random() < 0.7 else self.nodes.values()) if n.up]
+        if not candidates:
+            return
+        node = rng.choice(candidates)
+        if node.paused_until:
+            return
+        key = None if o.workers_per_node == 1 or rng.random() < 0.5 else rng.randrange(o.workers_per_node)
+        self.pause(node, key)
+
+    def pause(self, node: SimNode, key: int | None) -> None:
+        """Pause the node (key None) or one of its workers."""
+        o = self.options
+        timeout = o.election_tick * o.steps_per_tick
+        node.paused_until[key] = self.now + self.rng.randint(timeout + 10, 12 * timeout)
+        self.counters["pauses"] += 1
+
+    def _resume_due(self) -> None:
+        for node in self.nodes.values():
+            for key, until in list(node.paused_until.items()):
+                if self.now >= until or self.healed:
+                    node.resume(key, self)
 
     def _crash_node(self, node: SimNode, torn: bool = False) -> None:
         for w in range(len(node.disks)):

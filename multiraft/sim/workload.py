@@ -12,6 +12,7 @@ recorded as indeterminate ("info") otherwise.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import attrs
@@ -153,22 +154,39 @@ class Workload:
         if node_id is None:
             op.attempt_deadline = now + BACKOFF_STEPS
             return
-        replica = self.sim.nodes[node_id].replicas[op.group]
+        node = self.sim.nodes[node_id]
+        if is_read:
+            payload = f"{c.id}/{op.op_id}/{op.attempts}".encode()
+        else:
+            payload = kv.encode_command(kv.Register()) if op.registering else self._encode(c, op)
+        deliver = functools.partial(self._deliver, c, op, node_id, is_read, payload)
+        if node.paused(op.group):
+            # The process is paused: the request waits in its backlog.
+            node.queue_request(op.group, deliver)
+            return
+        deliver()
+
+    def _deliver(self, c: Client, op: Op, node_id: str, is_read: bool, payload: bytes) -> None:
+        """The node handles one attempt (at once, or when it resumes)."""
+        node = self.sim.nodes[node_id]
+        replica = node.replicas.get(op.group) if node.up else None
+        if replica is None:
+            return  # crashed meanwhile: the attempt is lost
+        now = self.sim.now
         try:
             if is_read:
-                ctx = f"{c.id}/{op.op_id}/{op.attempts}".encode()
-                replica.raft.read_index(ctx)
-                replica.read_waiters[ctx] = ReadWaiter(c.id, op.op_id, op.key.encode())
+                replica.raft.read_index(payload, now=node.clock(now))
+                replica.read_waiters[payload] = ReadWaiter(c.id, op.op_id, op.key.encode())
             else:
-                data = kv.encode_command(kv.Register()) if op.registering else self._encode(c, op)
-                index = replica.raft.propose(data)
+                index = replica.raft.propose(payload)
                 replica.waiters[index] = Waiter(c.id, op.op_id, replica.raft.term)
                 if not op.registering:
                     op.proposals += 1
         except ProposalDropped as e:
             if e.leader is not None:
                 c.leader_hint[op.group] = e.leader
-            op.attempt_deadline = now + BACKOFF_STEPS
+            if c.op is op:
+                op.attempt_deadline = min(op.attempt_deadline, now + BACKOFF_STEPS)
 
     def _encode(self, c: Client, op: Op) -> bytes:
         key = op.key.encode()
@@ -253,6 +271,15 @@ class Workload:
         # Its only send was refused: it did not apply.
         op.renewals += 1
         if op.renewals > SESSION_RENEWALS_MAX:
+            if op.f == "cas":
+                # It did not take effect, but the checker reads a failed cas as
+                # "applied, and the compare did not match" (multiraft.lincheck):
+                # record what is true of both, an unknown outcome.
+                self._record(c, "info", op, op.value)
+                c.process += 1
+                c.op = None
+                c.next_op_at = now + 1
+                return
             self._record(c, "fail", op, op.value)
             self._done(c, now)
             return
