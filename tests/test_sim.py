@@ -114,3 +114,20 @@ def test_sim_catches_a_decoder_that_ignores_the_frame_checksum(monkeypatch):
             violation = result.violation
             break
     assert violation is not None and "flipped was accepted" in violation
+
+
+def test_sim_catches_a_client_decoder_that_accepts_shared_references(monkeypatch):
+    # The client protocol's decoder before issue 13: plain cbor2.loads builds
+    # cycles (and DAGs) whose answers cannot be encoded.
+    import cbor2
+
+    from multiraft import protocol
+
+    monkeypatch.setattr(protocol, "decode_body", lambda body, **kw: cbor2.loads(body))
+    violation = None
+    for seed in PLANTED_BUG_SEEDS:
+        result = run_seed(seed, chaos_steps=1500)
+        if not result.ok:
+            violation = result.violation
+            break
+    assert violation is not None and "hostile frame" in violation

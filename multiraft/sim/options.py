@@ -48,6 +48,11 @@ class SimOptions:
     # Per-message chance that a frame is damaged on the way: one bit flipped in
     # its real wire encoding, which the real decoder must reject.
     corrupt_rate: float = 0.0
+    # Per-step chance that a client sends a hostile frame (a shared-reference
+    # cycle or DAG, deep nesting, a bignum, a tag...; sim/hostile.py) built from
+    # a workload request, which the real client-protocol decoder must refuse
+    # or decode to plain data.
+    hostile_client_rate: float = 0.0
 
     @classmethod
     def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> "SimOptions":
@@ -81,6 +86,7 @@ class SimOptions:
             wipe_removed=rng.random() < 0.6,
             chaos_steps=chaos_steps,
             corrupt_rate=rng.choice([0.0, 0.0, 0.002, 0.01]),
+            hostile_client_rate=rng.choice([0.0, 0.0, 0.002, 0.01]),
         )
 
     def describe(self) -> str:
