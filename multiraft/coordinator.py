@@ -483,6 +483,9 @@ class Coordinator:
         self.options = options = setup.options
         self.placement = setup.placement
         self.node_id = options.node_id
+        # the API port's refusals: bad frames (connection dropped) and answers
+        # that could not be encoded (answered "error" instead)
+        self.api_counters: dict[str, int] = {"api_bad_frames": 0, "api_answers_unencodable": 0}
         self.worker_argv = worker_argv or worker_command()
         self.workers = [WorkerHandle(i, self.placement.worker_groups(i)) for i in range(options.workers)]
         # the bootstrap formula: only a fallback for groups nothing is known about
@@ -588,6 +591,7 @@ class Coordinator:
             "address": self.options.address,
             "workers": [{**w.info(), "stats": w.stats} for w in self.workers],
             "groups": groups,
+            "counters": dict(self.api_counters),
         }
 
     def cluster_status_doc(self) -> dict:
@@ -617,11 +621,11 @@ class Coordinator:
         if op == "job" and len(request) == 3:
             doc = self.runner.job_doc(request[2])
             if doc is None:
-                return protocol.ERROR, f"no job {request[2]!r} on node {self.node_id} (jobs live in the coordinator that ran them, until it restarts)"
+                return protocol.ERROR, f"no job {request[2]!r:.80} on node {self.node_id} (jobs live in the coordinator that ran them, until it restarts)"
             return protocol.OK, doc
         if op == "jobs":
             return protocol.OK, self.runner.list_docs()
-        return protocol.ERROR, f"unknown op {op!r}"
+        return protocol.ERROR, f"unknown op {op!r:.80}"
 
     # --- membership (multiraft-admin; multiraft.jobs runs the long changes) ---
 
@@ -664,7 +668,7 @@ class Coordinator:
                 )
         epoch = cur["epoch"] + 1 if cur is not None else 1
         self.members[node_id] = {"address": address, "epoch": epoch, "removed": False}
-        _log.info("node %s (%s, %s workers) joins the cluster", node_id, address, workers)
+        _log.info("node %s (%s, %.40r workers) joins the cluster", node_id, address, workers)
         self._members_changed()
         return protocol.OK, self._join_reply()
 
@@ -725,13 +729,21 @@ class Coordinator:
         try:
             status, payload = await self.handle_async(frame)
         except Exception as exc:  # a bug of ours: answer, keep serving
-            _log.exception("request %r failed", frame[:2])
-            status, payload = protocol.ERROR, f"internal error: {exc}"
+            _log.exception("request %.200r failed", frame[:2])
+            status, payload = protocol.ERROR, f"internal error: {exc}"[:300]
+        data = self._encode_answer(frame[0], status, payload)
         try:
             async with lock:
-                await stream.send_all(protocol.encode([frame[0], status, payload]))
+                await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+
+    def _encode_answer(self, req_id: Any, status: str, payload: Any) -> bytes:
+        data, why = protocol.encode_response(req_id, status, payload)
+        if why is not None:  # ours or the request's: answered "error", keep serving
+            self.api_counters["api_answers_unencodable"] += 1
+            _log.warning("answered %.80r with an error: %s", req_id, why)
+        return data
 
     async def handle_async(self, frame: list) -> tuple[str, Any]:
         """["add_replica", g], ["drop_replica", g], ["move_worker", g, from, to],
@@ -749,7 +761,7 @@ class Coordinator:
         """Change this node's placement; PlacementError (a message) if refused."""
         def group(value: Any) -> int:
             if type(value) is not int or not 0 <= value < self.options.groups:
-                raise PlacementError(f"no group {value!r} (groups are 0..{self.options.groups - 1})")
+                raise PlacementError(f"no group {value!r:.40} (groups are 0..{self.options.groups - 1})")
             return value
 
         if op == "add_replica" and len(args) == 1:
@@ -758,7 +770,7 @@ class Coordinator:
             return await self._drop_replica(group(args[0]))
         if op == "move_worker" and len(args) == 3:
             return await self._move_worker(group(args[0]), args[1], args[2])
-        raise PlacementError(f"bad request {[op, *args]!r}")
+        raise PlacementError(f"bad request {[op, *args]!r:.200}")
 
     async def _set_placement(self, placement: Placement) -> None:
         await trio.to_thread.run_sync(
@@ -881,7 +893,7 @@ class Coordinator:
         return {"worker": target, "moved": True}
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        buf = protocol.FrameBuffer(frame_size_bytes_max=1 << 20)
+        buf = protocol.FrameBuffer(frame_size_bytes_max=1 << 20, text_keys_only=True)
         send_lock = trio.Lock()
         try:
             while True:
@@ -899,13 +911,14 @@ class Coordinator:
                     try:
                         status, payload = self.handle(frame)
                     except Exception as exc:  # a bug of ours: answer, keep serving
-                        _log.exception("request %r failed", frame[:2])
-                        status, payload = protocol.ERROR, f"internal error: {exc}"
-                    out += protocol.encode([req_id, status, payload])
+                        _log.exception("request %.200r failed", frame[:2])
+                        status, payload = protocol.ERROR, f"internal error: {exc}"[:300]
+                    out += self._encode_answer(req_id, status, payload)
                 if out:
                     async with send_lock:
                         await stream.send_all(bytes(out))
         except protocol.ProtocolError as exc:
+            self.api_counters["api_bad_frames"] += 1
             _log.info("dropping a connection that sent a bad frame: %s", exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass

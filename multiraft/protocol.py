@@ -73,8 +73,10 @@ document (always a list). Frames above `FRAME_SIZE_BYTES_MAX` are refused.
    again; an earlier attempt of the same write may have applied).
    "not_leader" for a write also means its entry was overwritten by another
    leader's (it did not apply: retry). A frame that is not a valid frame (not
-   CBOR, not a non-empty list, over the worker's limit) closes the connection;
-   a well-framed but malformed request only gets "error".
+   CBOR, not a non-empty list, over the worker's limit; see decode_body: no
+   tags, nesting <= 32, ints <= 128 bits, map keys text or bytes) closes the
+   connection; a well-framed but malformed request only gets "error" (an int
+   field beyond 64 bits included).
 
 2. Admin/bootstrap <-> coordinator (TCP, the node's --listen port).
        request:  [req_id, op, *args]     response: [req_id, status, payload]
@@ -132,8 +134,9 @@ document (always a list). Frames above `FRAME_SIZE_BYTES_MAX` are refused.
        groups this coordinator's jobs are changing).
        worker info: {"index", "up", "pid", "restarts", "last_exit", "raft_url",
                      "client_address", "groups": count}
-       Unknown ops answer "error"; a frame that is not a valid frame closes the
-       connection.
+       Unknown ops answer "error"; a frame that is not a valid frame (as on
+       channel 1) closes the connection. "status" also carries "counters":
+       {"api_bad_frames", "api_answers_unencodable"} of this port.
 
 3. Coordinator <-> worker (the worker's stdin and stdout pipes; the worker exits
    when stdin closes, so a worker can never outlive its coordinator).
@@ -198,6 +201,7 @@ Group status (worker -> coordinator -> admin):
 
 from __future__ import annotations
 
+import io
 import struct
 from typing import Any
 
@@ -257,12 +261,90 @@ def encode(obj: list) -> bytes:
     return _LENGTH.pack(len(body)) + body
 
 
-def decode_body(body: bytes) -> list:
+def encode_response(req_id: Any, status: str, payload: Any) -> tuple[bytes, str | None]:
+    """(frame, None); or, if this answer cannot be encoded (too large, a value
+    cbor2 refuses), (an "error" answer, why): one bad answer never stops a
+    server. The caller counts the second case."""
     try:
-        obj = cbor2.loads(body)
+        return encode([req_id, status, payload]), None
+    except Exception as exc:
+        why = f"answer not encodable: {type(exc).__name__}: {exc}"[:200]
+    try:
+        return encode([req_id, ERROR, why]), why
+    except Exception:  # the req_id itself (the decoder never yields such a one)
+        return encode([None, ERROR, why]), why
+
+
+# Decoding is as strict as the peer wire's (multiraft.wire): every byte comes
+# from whoever reached the port. Linear work in the frame size: no shared
+# references (tag 28/29 build cycles, which kill the encoder of the answer, and
+# DAGs exponentially larger than their bytes), no string references (same),
+# no other tags (datetimes, regexes, decimals... each its own cost and type),
+# bounded nesting, and integers of at most `INT_BITS_MAX` bits (bignums of
+# megabytes would be decoded, compared and formatted). No field carries more
+# than 64 bits: a bignum up to 128 bits is decoded so that the request's own
+# check refuses it with a message; a longer one is a malformed frame.
+NESTING_DEPTH_MAX = 32
+INT_BITS_MAX = 128
+_BIGNUM_BYTES_MAX = INT_BITS_MAX // 8
+
+
+def _refuse_tag(value: Any, immutable: bool) -> Any:
+    raise cbor2.CBORDecodeError("CBOR tags are not allowed")
+
+
+def _refuse_unknown_tag(decoder: Any, tag: Any) -> Any:
+    raise cbor2.CBORDecodeError(f"CBOR tag {tag.tag:.40} is not allowed")
+
+
+def _bignum(value: Any, immutable: bool) -> int:
+    if type(value) is not bytes or len(value) > _BIGNUM_BYTES_MAX:
+        raise cbor2.CBORDecodeError(f"an integer beyond {INT_BITS_MAX} bits")
+    return int.from_bytes(value, "big")
+
+
+def _negative_bignum(value: Any, immutable: bool) -> int:
+    return -1 - _bignum(value, immutable)
+
+
+# cbor2 decodes the tags below itself unless overridden (the C decoder calls an
+# override with the tag's decoded content); every other tag reaches tag_hook.
+_BUILTIN_TAGS = (*range(0, 300), 1004, 55799)
+_SEMANTIC = {t: _refuse_tag for t in _BUILTIN_TAGS}
+_SEMANTIC[2] = _bignum
+_SEMANTIC[3] = _negative_bignum
+
+
+def _decoder_options(text_keys_only: bool) -> dict:
+    return dict(
+        max_depth=NESTING_DEPTH_MAX,
+        allow_duplicate_keys=False,
+        # Text/byte string hashes are randomised: no hash flooding. Answers (the
+        # routing table, placements, the control channel) key maps by group id.
+        strict_hashable_types=text_keys_only,
+        semantic_decoders=_SEMANTIC,
+        tag_hook=_refuse_unknown_tag,
+    )
+
+
+_STRICT = _decoder_options(True)
+_INT_KEYS = _decoder_options(False)
+
+
+def decode_body(body: bytes, *, text_keys_only: bool = False) -> list:
+    """One frame's CBOR document; ProtocolError (the sender's fault) otherwise.
+
+    Servers decoding requests pass text_keys_only=True (no request has a map
+    with other keys)."""
+    try:
+        fp = io.BytesIO(body)
+        obj = cbor2.CBORDecoder(fp, **(_STRICT if text_keys_only else _INT_KEYS)).decode()
+        trailing = len(body) - fp.tell()
     except Exception as e:  # cbor2 raises several types on garbage
-        raise ProtocolError(f"malformed frame: {e}") from None
-    if not isinstance(obj, list) or not obj:
+        raise ProtocolError(f"malformed frame: {type(e).__name__}: {e}"[:300]) from None
+    if trailing:
+        raise ProtocolError(f"malformed frame: {trailing} bytes after the CBOR document")
+    if type(obj) is not list or not obj:
         raise ProtocolError("a frame must be a non-empty list")
     return obj
 
@@ -270,9 +352,10 @@ def decode_body(body: bytes) -> list:
 class FrameBuffer:
     """Incremental decoder: feed bytes, take whole frames."""
 
-    def __init__(self, frame_size_bytes_max: int = FRAME_SIZE_BYTES_MAX) -> None:
+    def __init__(self, frame_size_bytes_max: int = FRAME_SIZE_BYTES_MAX, *, text_keys_only: bool = False) -> None:
         self._buf = bytearray()
         self._max = frame_size_bytes_max
+        self._text_keys_only = text_keys_only
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -287,7 +370,7 @@ class FrameBuffer:
                 raise ProtocolError(f"frame of {n} bytes exceeds {self._max}")
             if len(buf) - pos - 4 < n:
                 break
-            out.append(decode_body(bytes(buf[pos + 4 : pos + 4 + n])))
+            out.append(decode_body(bytes(buf[pos + 4 : pos + 4 + n]), text_keys_only=self._text_keys_only))
             pos += 4 + n
         if pos:
             del buf[:pos]

@@ -159,6 +159,33 @@ async def test_bad_requests_get_errors_and_garbage_is_dropped(two_nodes: LocalCl
     assert await coordinator_request([a1], ["ping"]) == "n1"
 
 
+async def test_hostile_frames_do_not_stop_the_coordinator(two_nodes: LocalCluster) -> None:
+    # [x, "ping"] with x a list holding itself (CBOR tags 28/29, 10 bytes): the
+    # answer echoes x, whose encoding raised outside any handler and stopped
+    # the node. Then a shared-reference DAG and a 20,000-bit integer.
+    await two_nodes.wait_healthy(timeout_s=30)
+    a1 = two_nodes.addresses[0]
+    dag = b"\xd8\x1c\x81\x01"
+    for i in range(12):
+        dag = b"\xd8\x1c\x82" + dag + bytes([0xD8, 0x1D, 12 - i])
+    hostile = [
+        bytes.fromhex("82" "d81c81d81d00" "6470696e67"),
+        b"\x83\x01\x63job" + dag,
+        protocol.encode([1 << 20000, "ping"])[4:],
+    ]
+    for body in hostile:
+        stream = await trio.open_tcp_stream("127.0.0.1", two_nodes.nodes["n1"].port)
+        await stream.send_all(len(body).to_bytes(4, "big") + body)
+        with trio.fail_after(5):  # dropped: not a valid frame
+            while await stream.receive_some(4096):
+                pass
+        await stream.aclose()
+        assert await coordinator_request([a1], ["ping"]) == "n1"
+    st = await coordinator_request([a1], ["status"])
+    assert st["counters"]["api_bad_frames"] == len(hostile)
+    assert all(w["up"] and w["restarts"] == 0 for w in st["workers"])
+
+
 def _node_pids(node) -> tuple[int, list[int]]:
     import subprocess
 

@@ -41,7 +41,9 @@ RULES: list[tuple[str, set[str]]] = [
     (
         "multiraft.sim",
         {"attrs", "multiraft.raft", "multiraft.kv", "multiraft.statemachine", "multiraft.sharding",
-         "multiraft.wire", "multiraft.lincheck", "multiraft.sim", "multiraft.replica", "storage"},
+         "multiraft.wire", "multiraft.lincheck", "multiraft.sim", "multiraft.replica", "storage",
+         # the client protocol's decoder (pure), fed hostile frames
+         "multiraft.protocol"},
     ),
     ("storage", {"attrs", "multiraft.raft", "storage"}),
     ("multiraft.transport", {"attrs", "trio", "pynng", "multiraft.wire", "multiraft.raft", "multiraft.transport"}),

@@ -16,7 +16,7 @@ from multiraft.raft.types import ReadState
 from multiraft.sim.__main__ import main as sim_main
 from multiraft.sim.run import REPORTED_COUNTERS, run_seed
 
-from planted_bugs import PINNED
+from planted_bugs import PINNED, run_pinned_seed
 
 SUITE_SEEDS = list(range(30))
 
@@ -118,11 +118,31 @@ def test_sim_catches_a_decoder_that_ignores_the_frame_checksum(monkeypatch):
     assert violation is not None and "flipped was accepted" in violation
 
 
+def test_sim_catches_a_client_decoder_that_accepts_shared_references(monkeypatch):
+    # The client protocol's decoder before issue 13: plain cbor2.loads builds
+    # cycles (and DAGs) whose answers cannot be encoded.
+    import cbor2
+
+    from multiraft import protocol
+
+    monkeypatch.setattr(protocol, "decode_body", lambda body, **kw: cbor2.loads(body))
+    violation = None
+    for seed in PLANTED_BUG_SEEDS:
+        result = run_seed(seed, chaos_steps=1500)
+        if not result.ok:
+            violation = result.violation
+            break
+    assert violation is not None and "hostile frame" in violation
+
+
 # Planted bugs that only some seeds reach: tests/planted_bugs.py pins them.
 def _pinned_violation(monkeypatch, name):
-    plant, _text, seeds = PINNED[name]
-    plant(monkeypatch.setattr)
-    return _first_violation(seeds)
+    PINNED[name].plant(monkeypatch.setattr)
+    for seed in PINNED[name].seeds:
+        result = run_pinned_seed(name, seed, monkeypatch.setattr)
+        if not result.ok:
+            return result.violation
+    return None
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
@@ -134,23 +154,16 @@ def test_sim_catches_each_pinned_planted_bug(monkeypatch, name):
     replica reusing its old id (issue 9 part 1: a stale voter wins with the
     empty replica's vote)."""
     violation = _pinned_violation(monkeypatch, name)
-    text = PINNED[name][1]
+    text = PINNED[name].text
     assert violation is not None and text in violation, (
         f"{name}: the pinned seeds no longer reach the bug; re-pick with python tools/planted_seeds.py"
     )
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
-def test_pinned_seeds_pass_without_the_planted_bug(name):
-    for seed in PINNED[name][2]:
-        result = run_seed(seed)
+def test_pinned_seeds_pass_without_the_planted_bug(monkeypatch, name):
+    for seed in PINNED[name].seeds:
+        result = run_pinned_seed(name, seed, monkeypatch.setattr)
         assert result.ok, f"seed {seed}: {result.violation}"
-
-
-PAUSED_LEASE_SEED = PINNED["lease_in_ticks"][2][0]
-
-
-def test_paused_lease_seed_passes_with_the_lease_in_real_time():
-    result = run_seed(PAUSED_LEASE_SEED)
-    assert result.ok, result.violation
-    assert result.counters["pauses"] > 0 and result.counters["lease_reads"] > 0
+        if name == "lease_in_ticks":
+            assert result.counters["pauses"] > 0 and result.counters["lease_reads"] > 0

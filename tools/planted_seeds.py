@@ -22,26 +22,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def _search(name: str, seeds: int, want: int) -> list[int]:
-    from planted_bugs import PINNED
+    from planted_bugs import PINNED, run_pinned_seed
 
-    from multiraft.sim.run import run_seed
-
-    plant, text, _ = PINNED[name]
-    plant(setattr)
+    PINNED[name].plant(setattr)
     found = []
     for seed in range(seeds):
-        violation = run_seed(seed).violation
-        if violation is not None and text in violation:
+        violation = run_pinned_seed(name, seed, setattr).violation
+        if violation is not None and PINNED[name].text in violation:
             found.append(seed)
             if len(found) >= want:
                 break
     return found
 
 
-def _passes(seed: int) -> bool:
-    from multiraft.sim.run import run_seed
+def _passes(name: str, seed: int) -> bool:
+    from planted_bugs import run_pinned_seed
 
-    return run_seed(seed).ok
+    return run_pinned_seed(name, seed, setattr).ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [args.name] if args.name else sorted(PINNED)
     ctx = multiprocessing.get_context("spawn")  # each plant in a process of its own
     ok = True
-    with ctx.Pool(2) as pool:
+    with ctx.Pool(2, maxtasksperchild=1) as pool:  # a fresh process per task: plants stay put
         results = {n: pool.apply_async(_search, (n, args.seeds, args.want)) for n in names}
         for name in names:
             found = results[name].get()
-            clean = [s for s in found if pool.apply(_passes, (s,))]
+            clean = [s for s in found if pool.apply(_passes, (name, s))]
             print(f"{name}: {tuple(clean)}" + ("" if clean else "  (none found: raise --seeds)"))
             ok = ok and bool(clean)
     return 0 if ok else 1

@@ -34,9 +34,9 @@ _RECEIVE_BYTES = 256 * 1024
 class Connection:
     """One client connection: the queue of encoded responses not yet sent."""
 
-    __slots__ = ("stream", "out", "out_bytes", "has_output", "drained", "closed", "peer")
+    __slots__ = ("stream", "out", "out_bytes", "has_output", "drained", "closed", "peer", "counters")
 
-    def __init__(self, stream: trio.abc.Stream, peer: str = "?") -> None:
+    def __init__(self, stream: trio.abc.Stream, peer: str = "?", counters: dict | None = None) -> None:
         self.stream = stream
         self.out: list[bytes] = []
         self.out_bytes = 0
@@ -44,15 +44,16 @@ class Connection:
         self.drained: trio.Event | None = None
         self.closed = False
         self.peer = peer
+        self.counters = counters if counters is not None else {}
 
     def respond(self, req_id: Any, status: str, payload: Any) -> None:
         """Queue one response (never blocks; dropped if the connection closed)."""
         if self.closed:
             return
-        try:
-            data = protocol.encode([req_id, status, payload])
-        except Exception as exc:  # too large, or a payload cbor2 refuses
-            data = protocol.encode([req_id, protocol.ERROR, f"response not encodable: {exc}"[:200]])
+        data, why = protocol.encode_response(req_id, status, payload)
+        if why is not None:  # too large, or a value cbor2 refuses: "error" instead
+            self.counters["client_answers_unencodable"] = self.counters.get("client_answers_unencodable", 0) + 1
+            _log.warning("client %s: answered %.80r with an error: %s", self.peer, req_id, why)
         self.out.append(data)
         self.out_bytes += len(data)
         ev = self.has_output
@@ -97,7 +98,7 @@ class ClientServer:
             peer = "%s:%s" % stream.socket.getpeername()[:2]
         except (OSError, TypeError):
             peer = "?"
-        conn = Connection(stream, peer)
+        conn = Connection(stream, peer, counters)
         self.connections.add(conn)
         counters["client_connections"] += 1
         try:
@@ -115,7 +116,7 @@ class ClientServer:
         worker = self.worker
         limits = worker.limits
         out_max = limits.connection_output_bytes_max
-        buf = protocol.FrameBuffer(limits.client_frame_bytes_max)
+        buf = protocol.FrameBuffer(limits.client_frame_bytes_max, text_keys_only=True)
         stream = conn.stream
         handle = worker.handle_request
         while True:

@@ -87,6 +87,35 @@ _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
 
 
+_SHOW_CHARS_MAX = 80
+
+
+def _show(value: Any, depth: int = 2) -> str:
+    """A client's value for an error message, in bounded work and length: the
+    repr of a huge int raises (over 4300 digits), of a huge string is as long
+    as the string."""
+    t = type(value)
+    if t is int:
+        bits = value.bit_length()
+        text = repr(value) if bits <= 64 else f"an integer of {bits} bits"
+    elif t is str or t is bytes:
+        text = repr(value[:_SHOW_CHARS_MAX])
+    elif (t is list or t is dict) and depth > 0 and len(value) <= 4:
+        items = value.items() if t is dict else value
+        parts = [
+            f"{_show(k, 0)}: {_show(v, depth - 1)}" if t is dict else _show(k, depth - 1)
+            for k, v in (items if t is dict else ((x, None) for x in items))
+        ]
+        text = ("{%s}" if t is dict else "[%s]") % ", ".join(parts)
+    elif t is list or t is dict:
+        text = f"a {'list' if t is list else 'map'} of {len(value)} items"
+    elif value is None or t is bool or t is float:
+        text = repr(value)
+    else:
+        text = f"a {t.__name__}"
+    return text if len(text) <= _SHOW_CHARS_MAX else text[: _SHOW_CHARS_MAX - 3] + "..."
+
+
 def _req_id(frame: list) -> Any:
     rid = frame[0]
     # Echo anything plain back; a map or list as req_id is refused.
@@ -96,8 +125,8 @@ def _req_id(frame: list) -> Any:
 
 
 def _group(rid: Any, value: Any) -> int:
-    if type(value) is not int or value < 0:
-        raise BadRequest(rid, f"group must be an int >= 0, got {value!r}")
+    if type(value) is not int or not 0 <= value < _U64:
+        raise BadRequest(rid, f"group must be an int in [0, 2**64), got {_show(value)}")
     return value
 
 
@@ -113,7 +142,7 @@ def _opt_bytes(rid: Any, what: str, value: Any) -> bytes | None:
 
 def _u64(rid: Any, what: str, value: Any) -> int:
     if type(value) is not int or not 0 <= value < _U64:
-        raise BadRequest(rid, f"{what} must be an int in [0, 2**64), got {value!r}")
+        raise BadRequest(rid, f"{what} must be an int in [0, 2**64), got {_show(value)}")
     return value
 
 
@@ -131,7 +160,7 @@ def parse_request(frame: list, *, scan_items_max: int = 10_000) -> PingRequest |
         return _parse_admin(rid, op, frame[2:])
     arity = _ARITY.get(op)
     if arity is None:
-        raise BadRequest(rid, f"unknown op {op!r}")
+        raise BadRequest(rid, f"unknown op {_show(op)}")
     args = frame[2:]
     if op == "get" and len(args) == 2:
         args = [*args, protocol.READ_LINEARIZABLE]  # read_mode may be left out
@@ -161,7 +190,7 @@ def parse_request(frame: list, *, scan_items_max: int = 10_000) -> PingRequest |
         key = _bytes(rid, "key", args[1])
         mode = args[2]
         if mode not in (protocol.READ_LINEARIZABLE, protocol.READ_LEASE):
-            raise BadRequest(rid, f"read_mode must be 'linearizable' or 'lease', got {mode!r}")
+            raise BadRequest(rid, f"read_mode must be 'linearizable' or 'lease', got {_show(mode)}")
         return ReadRequest(rid, op, g, kv.Get(key), mode == protocol.READ_LEASE)
     # scan
     start = _bytes(rid, "start", args[1])
@@ -169,8 +198,8 @@ def parse_request(frame: list, *, scan_items_max: int = 10_000) -> PingRequest |
     limit = args[3]
     if limit is None:
         limit = scan_items_max
-    elif type(limit) is not int or limit < 0:
-        raise BadRequest(rid, f"limit must be null or an int >= 0, got {limit!r}")
+    elif type(limit) is not int or not 0 <= limit < _U64:
+        raise BadRequest(rid, f"limit must be null or an int in [0, 2**64), got {_show(limit)}")
     return ReadRequest(rid, op, g, kv.Scan(start, prefix, min(limit, scan_items_max)), False)
 
 
@@ -184,8 +213,8 @@ def _parse_more(rid: Any, op: str, g: int, args: list, scan_items_max: int) -> W
         limit = args[3]
         if limit is None:
             limit = scan_items_max
-        elif type(limit) is not int or limit < 0:
-            raise BadRequest(rid, f"limit must be null or an int >= 0, got {limit!r}")
+        elif type(limit) is not int or not 0 <= limit < _U64:
+            raise BadRequest(rid, f"limit must be null or an int in [0, 2**64), got {_show(limit)}")
         return ReadRequest(rid, op, g, kv.ScanKeys(start, prefix, min(limit, scan_items_max)), False)
     cid, seq = _u64(rid, "client_id", args[-2]), _u64(rid, "seq", args[-1])
     if op == "mput":
@@ -195,21 +224,21 @@ def _parse_more(rid: Any, op: str, g: int, args: list, scan_items_max: int) -> W
         pairs = []
         for item in items:
             if type(item) is not list or len(item) != 2:
-                raise BadRequest(rid, f"an item must be [key, value or null], got {item!r:.80}")
+                raise BadRequest(rid, f"an item must be [key, value or null], got {_show(item)}")
             pairs.append((_bytes(rid, "key", item[0]), _opt_bytes(rid, "value", item[1])))
         return WriteRequest(rid, op, g, kv.PutMany(tuple(pairs), cid, seq))
     key = _bytes(rid, "key", args[1])
     if op == "incr":
         delta = args[2]
         if type(delta) is not int or not _I64_MIN <= delta <= _I64_MAX:
-            raise BadRequest(rid, f"delta must be an int in [-2**63, 2**63), got {delta!r}")
+            raise BadRequest(rid, f"delta must be an int in [-2**63, 2**63), got {_show(delta)}")
         return WriteRequest(rid, op, g, kv.Incr(key, delta, cid, seq))
     if op == "append":
         return WriteRequest(rid, op, g, kv.Append(key, _bytes(rid, "suffix", args[2]), cid, seq))
     value = _bytes(rid, "value", args[2])
     condition = _CONDITIONS.get(args[3]) if type(args[3]) is str else None
     if condition is None:
-        raise BadRequest(rid, f"condition must be 'always', 'absent' or 'present', got {args[3]!r}")
+        raise BadRequest(rid, f"condition must be 'always', 'absent' or 'present', got {_show(args[3])}")
     return WriteRequest(rid, op, g, kv.PutIf(key, value, condition, cid, seq))
 
 
@@ -218,7 +247,7 @@ _INCR_ERRORS = {kv.INCR_NOT_INTEGER: "not_integer", kv.INCR_OVERFLOW: "overflow"
 
 def _node(rid: Any, value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 64:
-        raise BadRequest(rid, f"a node id must be a non-empty string, got {value!r:.80}")
+        raise BadRequest(rid, f"a node id must be a non-empty string, got {_show(value)}")
     return value
 
 
@@ -239,10 +268,10 @@ def _parse_admin(rid: Any, op: str, args: list) -> AdminRequest:
     out = []
     for c in changes:
         if type(c) is not list or len(c) != 2 or c[0] not in CONF_CHANGE_KINDS:
-            raise BadRequest(rid, f"a change is [kind, node] with kind one of {', '.join(CONF_CHANGE_KINDS)}, got {c!r:.80}")
+            raise BadRequest(rid, f"a change is [kind, node] with kind one of {', '.join(CONF_CHANGE_KINDS)}, got {_show(c)}")
         out.append((c[0], _node(rid, c[1])))
     if type(args[2]) is not bool:
-        raise BadRequest(rid, f"joint must be true or false, got {args[2]!r}")
+        raise BadRequest(rid, f"joint must be true or false, got {_show(args[2])}")
     return AdminRequest(rid, op, g, changes=tuple(out), joint=args[2])
 
 
@@ -277,4 +306,4 @@ def write_payload(result: object) -> tuple[str, Any]:
         )
     if kind is kv.InvalidCommand:
         return protocol.ERROR, f"invalid command: {result.reason}"
-    return protocol.ERROR, f"unexpected result {result!r}"
+    return protocol.ERROR, f"unexpected result {_show(result)}"

@@ -108,6 +108,7 @@ STAT_NAMES = (
     "client_requests",
     "client_bad_frames",  # garbage or oversized frames (connection closed)
     "client_errors",  # malformed requests answered "error"
+    "client_answers_unencodable",  # an answer cbor2 could not encode: "error" instead
     "client_busy",
     "client_not_leader",
     "client_no_group",

@@ -29,13 +29,16 @@ from typing import Any
 import trio
 
 __all__ = [
-    "compile_glob", "literal_prefix", "CursorTable", "parse_cursor", "scan_page", "group_keys",
+    "Glob", "compile_glob", "match_keys", "literal_prefix", "CursorTable", "parse_cursor", "scan_page", "group_keys",
     "all_keys", "gather", "InvalidCursor",
 ]
 
 # A SCAN call stops after this many "keys" requests even if it examined
 # fewer than COUNT keys (empty groups cost a round trip each).
 SCAN_REQUESTS_PER_CALL_MAX = 16
+# Matching yields to trio after about this many Glob steps (key bytes a
+# search may examine), so a long KEYS or SCAN never stalls other connections.
+GLOB_STEPS_PER_CHECKPOINT = 1 << 20
 CURSOR_HANDLE_MIN = 1 << 32
 
 
@@ -63,21 +66,17 @@ def _byte(c: int) -> bytes:
     return b"\\x%02x" % c
 
 
-def compile_glob(pattern: bytes) -> Callable[[bytes], bool]:
-    """A predicate matching whole keys against a Redis glob pattern, with the
-    semantics of Redis's stringmatchlen: * ? [abc] [^a-z] (reversed ranges
-    swap, an unclosed [ takes the rest of the pattern, [] matches nothing),
-    \\ escapes (a trailing \\ is a literal backslash)."""
-    if pattern == b"*":
-        return lambda key: True
-    out = []
+def _glob_atoms(pattern: bytes) -> list[bytes | None]:
+    """The pattern as regex atoms that each match exactly one byte, and None
+    for each run of stars."""
+    out: list[bytes | None] = []
     i, n = 0, len(pattern)
     while i < n:
         c = pattern[i]
         if c == 42:  # *
             while i + 1 < n and pattern[i + 1] == 42:
                 i += 1
-            out.append(b".*")
+            out.append(None)
         elif c == 63:  # ?
             out.append(b".")
         elif c == 91:  # [
@@ -111,8 +110,98 @@ def compile_glob(pattern: bytes) -> Callable[[bytes], bool]:
         else:
             out.append(_byte(c))
         i += 1
-    regex = re.compile(b"".join(out), re.DOTALL)
-    return lambda key: regex.fullmatch(key) is not None
+    return out
+
+
+class Glob:
+    """A Redis glob pattern, matched in O(len(key) * len(pattern)) at worst
+    (Redis's own stringmatchlen is bounded the same way since 7.0).
+
+    The pattern is split at its stars into segments of one-byte atoms, each
+    a regex without any repetition: a regex search for it tries each start
+    position once, in time linear in the segment. The first segment is
+    anchored at the start, the last at the end, and each one between is taken
+    at its leftmost occurrence after the previous one: if any placement of
+    the segments matches, the leftmost one does (a star absorbs whatever is
+    left between two segments). No backtracking across stars, so
+    `*a*a*a*a*a*b` on a long key costs a few passes, not n**5.
+
+    `steps` counts the key bytes the searches may examine (an upper bound of
+    the work, for tests and limits); it grows by at most
+    len(key) * (number of segments) per call.
+    """
+
+    __slots__ = ("pattern", "_head", "_middle", "_tail", "_exact", "_any", "steps")
+
+    def __init__(self, pattern: bytes) -> None:
+        self.pattern = pattern
+        self.steps = 0
+        atoms = _glob_atoms(pattern)
+        segments: list[list[bytes]] = [[]]
+        for atom in atoms:
+            if atom is None:
+                segments.append([])
+            else:
+                segments[-1].append(atom)
+        compiled = [(re.compile(b"".join(seg), re.DOTALL), len(seg)) for seg in segments]
+        self._any = atoms == [None]
+        if len(compiled) == 1:  # no star: the whole key
+            self._exact = compiled[0]
+            self._head = self._tail = None
+            self._middle = ()
+        else:
+            self._exact = None
+            self._head = compiled[0]
+            self._tail = compiled[-1]
+            self._middle = tuple(c for c in compiled[1:-1] if c[1])
+
+    def __call__(self, key: bytes) -> bool:
+        if self._any:
+            return True
+        n = len(key)
+        if self._exact is not None:
+            regex, size = self._exact
+            self.steps += size
+            return size == n and regex.fullmatch(key) is not None
+        regex, size = self._head
+        self.steps += size
+        if size > n or (size and regex.match(key) is None):
+            return False
+        pos = size
+        tail_regex, tail_size = self._tail
+        end = n - tail_size  # where the last segment must start
+        if end < pos:
+            return False
+        for regex, size in self._middle:
+            self.steps += (end - pos + 1) * size
+            found = regex.search(key, pos, end)
+            if found is None:
+                return False
+            pos = found.end()
+        self.steps += tail_size
+        return not tail_size or tail_regex.fullmatch(key, end) is not None
+
+
+async def match_keys(keys: list[bytes], matches: Glob) -> list[bytes]:
+    """The keys `matches` accepts, yielding to trio every
+    GLOB_STEPS_PER_CHECKPOINT steps."""
+    out = []
+    checkpoint_at = matches.steps + GLOB_STEPS_PER_CHECKPOINT
+    for key in keys:
+        if matches(key):
+            out.append(key)
+        if matches.steps >= checkpoint_at:
+            await trio.lowlevel.checkpoint()
+            checkpoint_at = matches.steps + GLOB_STEPS_PER_CHECKPOINT
+    return out
+
+
+def compile_glob(pattern: bytes) -> Glob:
+    """A predicate matching whole keys against a Redis glob pattern, with the
+    semantics of Redis's stringmatchlen: * ? [abc] [^a-z] (reversed ranges
+    swap, an unclosed [ takes the rest of the pattern, [] matches nothing),
+    \\ escapes (a trailing \\ is a literal backslash). See Glob for the cost."""
+    return Glob(pattern)
 
 
 class CursorTable:
@@ -182,7 +271,7 @@ async def scan_page(
         keys, nxt = await backend.scan_keys(group, start, prefix, count - examined)
         requests += 1
         examined += len(keys)
-        out.extend(keys if matches is None else [k for k in keys if matches(k)])
+        out.extend(keys if matches is None else await match_keys(keys, matches))
         if nxt is None:
             group, start = group + 1, b""
             if group >= groups:
@@ -215,7 +304,7 @@ async def all_keys(backend: Any, match: bytes = b"*", *, keys_max: int | None = 
 
     async def one(g: int) -> list[bytes]:
         nonlocal total
-        keys = [k for k in await group_keys(backend, g, prefix) if matches(k)]
+        keys = await match_keys(await group_keys(backend, g, prefix), matches)
         total += len(keys)
         if keys_max is not None and total > keys_max:
             raise OverflowError(total)

@@ -68,6 +68,11 @@ class SimOptions:
     # max_clock_drift_steps per election timeout; the lease allows for that.
     clock_drift: bool = False
     max_clock_drift_steps: int = 10
+    # Per-step chance that a client sends a hostile frame (a shared-reference
+    # cycle or DAG, deep nesting, a bignum, a tag...; sim/hostile.py) built from
+    # a workload request, which the real client-protocol decoder must refuse
+    # or decode to plain data.
+    hostile_client_rate: float = 0.0
 
     @classmethod
     def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> "SimOptions":
@@ -105,6 +110,7 @@ class SimOptions:
             joint_snapshot_interval_entries=rng.choice([0, 1, 3]),
             pause_rate=rng.choice([0.0, 0.0005, 0.002]),
             clock_drift=rng.random() < 0.5,
+            hostile_client_rate=rng.choice([0.0, 0.0, 0.002, 0.01]),
         )
         fields["sessions_max"] = rng.choice([kv.SESSIONS_MAX, kv.SESSIONS_MAX, 2, 3, 4])
         return cls(**fields)

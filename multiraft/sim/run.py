@@ -16,6 +16,7 @@ from multiraft.raft.types import StateRole
 from multiraft.replica import node_of
 
 from .cluster import Replica, SimNode
+from .hostile import check_hostile_frame, hostile_frame
 from .network import SimNetwork
 from .options import SimOptions
 from .safety import SafetyChecker, SafetyViolation
@@ -43,6 +44,7 @@ REPORTED_COUNTERS = (
     "joint_snapshots",
     "pauses",
     "drifting_nodes",
+    "hostile_frames_refused",
 )
 
 
@@ -150,6 +152,8 @@ class Sim:
                         r.raft.tick(now=clock)
         if chaos:
             self._admin_actions()
+            if o.hostile_client_rate and self.rng.random() < o.hostile_client_rate:
+                self._hostile_client_frame()
         self.workload.step(now)
         for node in self.nodes.values():
             if node.up:
@@ -380,6 +384,22 @@ class Sim:
         if stale:
             self.nodes[self.rng.choice(stale)].wipe_replica(g)
             self.counters["replicas_wiped"] += 1
+
+    def _hostile_client_frame(self) -> None:
+        """A client's request with one hostile part, through the real decoder."""
+        rng = self.rng
+        key = rng.choice(self.workload.keys).encode()
+        request = rng.choice([
+            [rng.randrange(1 << 20), "put", 0, key, b"v", 1, 1],
+            [rng.randrange(1 << 20), "get", 0, key, "linearizable"],
+            [b"id", "cas", 0, key, None, b"v", 1, 2],
+            [None, "ping"],
+        ])
+        kind, body = hostile_frame(rng, request)
+        if check_hostile_frame(body):
+            self.counters["hostile_frames_refused"] += 1
+        else:
+            self.counters["hostile_frames_decoded"] += 1
 
     # ---- the end ---------------------------------------------------------------------
 
