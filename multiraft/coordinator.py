@@ -636,16 +636,6 @@ class Coordinator:
         timing; the polls then keep lease reads off until it matches.)"""
         from multiraft.nodeconfig import PORTS_PER_NODE, check_node_id, describe_timing, parse_address
 
-        mine = self.options.timing()
-        if timing is not None and timing != mine:
-            _log.error("refused node %s: its timing (%s) differs from this cluster's (%s)",
-                       node_id, describe_timing(timing), describe_timing(mine))
-            return protocol.ERROR, (
-                f"node {node_id} runs {describe_timing(timing)} but this cluster runs {describe_timing(mine)}: "
-                "start it with the same --tick-ms, --election-tick and --max-clock-drift-ms "
-                "(the leader lease relies on every node's election timeout)"
-            )
-
         try:
             check_node_id(node_id)
             host, port = parse_address(address, what="the joining node's address")
@@ -666,6 +656,17 @@ class Coordinator:
                     f"{address} is too close to node {n} ({m['address']}): a node uses ports P..P+99, "
                     f"so nodes on one host must be at least {PORTS_PER_NODE} apart"
                 )
+        # Checked after who and where: those are the more basic errors to report.
+        mine = self.options.timing()
+        if timing is not None and timing != mine:
+            _log.error("refused node %s: its timing (%s) differs from this cluster's (%s)",
+                       node_id, describe_timing(timing), describe_timing(mine))
+            return protocol.ERROR, (
+                f"node {node_id} runs {describe_timing(timing)} but this cluster runs {describe_timing(mine)}: "
+                "start it with the same --tick-ms, --election-tick and --max-clock-drift-ms "
+                "(the leader lease relies on every node's election timeout)"
+            )
+
         epoch = cur["epoch"] + 1 if cur is not None else 1
         self.members[node_id] = {"address": address, "epoch": epoch, "removed": False}
         _log.info("node %s (%s, %.40r workers) joins the cluster", node_id, address, workers)
@@ -858,6 +859,29 @@ class Coordinator:
                 result = await self._worker_group_op(w.index, "remove_group", g)
             if result is not None and result.get("ok"):
                 w.pending_wipes.discard(g)
+
+    async def _reconcile_worker(self, w: WorkerHandle, reported: dict) -> None:
+        """A worker that became ready got its groups when it was spawned; a
+        placement change made while it was starting (add_replica, drop_replica)
+        found it not running and is delivered now, so that the worker hosts
+        exactly the replicas the placement names (issue 13: a replica added
+        to a starting node was never created)."""
+        async with self._placement_lock:
+            if not w.up:
+                return
+            have = {g: r for g, r in reported.items() if type(g) is int and isinstance(r, str)}
+            want = self.placement.worker_replicas(w.index)
+            for g, rid in sorted(want.items()):
+                if have.get(g) != rid:
+                    _log.info("group %d: worker %d started without replica %s: creating it", g, w.index, rid)
+                    result = await self._worker_group_op(w.index, "add_group", g, rid)
+                    if result is not None and not result.get("ok"):
+                        _log.error("group %d: worker %d could not create %s: %s", g, w.index, rid, result.get("error"))
+            for g in sorted(set(have) - set(want)):
+                _log.info("group %d: worker %d holds a replica the placement no longer has: deleting it", g, w.index)
+                result = await self._worker_group_op(w.index, "remove_group", g)
+                if result is None or not result.get("ok"):
+                    w.pending_wipes.add(g)
 
     async def _move_worker(self, g: int, source: Any, target: Any) -> dict:
         async with self._placement_lock:
@@ -1074,6 +1098,9 @@ class Coordinator:
             _log.info("worker %d ready (raft %s, clients %s)", w.index, w.raft_url, w.client_address)
             if w.pending_wipes and self.nursery is not None:
                 self.nursery.start_soon(self._wipe_pending, w)
+            reported = body.get("replicas") if isinstance(body, dict) else None
+            if isinstance(reported, dict) and self.nursery is not None:
+                self.nursery.start_soon(self._reconcile_worker, w, reported)
             self._mark_dirty()
             # wake the writer so it sends the routing table now
             event, self._routing_changed = self._routing_changed, trio.Event()

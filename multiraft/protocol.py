@@ -163,7 +163,8 @@ document (always a list). Frames above `FRAME_SIZE_BYTES_MAX` are refused.
    sync_on_write, snapshot_threshold_entries, compact_lag_entries, lease_reads,
    seed, limits {...}, storage {...}); an unknown key is refused.
    "ready" also carries "node_id", "worker_index", "address" ("n1/w0"), "pid"
-   and "groups" (sorted ids); it is written once the worker recovered its
+   "groups" (sorted ids) and "replicas" ({group: replica id}, which the
+   coordinator reconciles with its placement); it is written once the worker recovered its
    groups and listens (ports 0 in the config are resolved there). "status"
    comes every ~500 ms; its third element is a map of counters (rounds,
    persists, fsyncs, persisted_entries, dropped_*, client_*, ..., with

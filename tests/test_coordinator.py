@@ -331,3 +331,41 @@ def test_a_peer_with_other_timing_turns_lease_reads_off_with_one_log_line(tmp_pa
         assert coordinator.timing_verdict == (True, "")
     finally:
         setup.release()
+
+
+async def test_a_worker_that_becomes_ready_is_reconciled_with_the_placement(tmp_path: Path) -> None:
+    """Issue 13: a replica added (or deleted) while the node's worker was
+    starting never reached it: the worker got its groups at spawn. When it
+    reports ready, the coordinator sends what is missing and deletes what the
+    placement no longer has."""
+    from multiraft.coordinator import Coordinator
+
+    peers = ",".join(f"n{i}=127.0.0.1:{7000 + 100 * i}" for i in range(1, 6))
+    setup = prepare_node(RawOptions(data_dir=str(tmp_path / "d"), workers=1, groups=4, node_id="n1", peers=peers))
+    try:
+        coordinator = Coordinator(setup, worker_argv=["true"])
+        w = coordinator.workers[0]
+        placed = coordinator.placement.worker_replicas(0)
+        # What the placement gained and lost while the worker started.
+        new_group = next(g for g in range(4) if g not in placed)
+        coordinator.placement = coordinator.placement.with_group(new_group, 0)
+        old_group = min(placed)
+        coordinator.placement = coordinator.placement.without_group(old_group).with_group(old_group, 0)
+        sent = []
+
+        async def group_op(index, kind, g, data=None):
+            sent.append((kind, g, data))
+            return {"ok": True}
+
+        coordinator._worker_group_op = group_op
+        w.up = True
+        reported = dict(placed)  # the spawn-time replicas, plus one since dropped
+        reported[99] = "n1"
+        await coordinator._reconcile_worker(w, reported)
+        assert sorted(sent) == sorted([
+            ("add_group", new_group, "n1"),
+            ("add_group", old_group, "n1~1"),  # a new incarnation replaced the old one
+            ("remove_group", 99, None),
+        ])
+    finally:
+        setup.release()

@@ -275,6 +275,8 @@ class Worker:
             "address": self.address,
             "pid": os.getpid(),
             "groups": sorted(self.groups),
+            # {group: replica id}: the coordinator reconciles it with its placement
+            "replicas": {g: grp.raft.id for g, grp in sorted(self.groups.items())},
         }
 
     def _make_transport(self) -> Any:
