@@ -338,6 +338,13 @@ def _best_status(statuses: Sequence[tuple[str, Mapping[str, Any]]], leader: str 
     return main or {}
 
 
+def incarnation_of_or_zero(rid: str) -> int:
+    try:
+        return incarnation_of(rid)
+    except ReplicaIdError:
+        return 0
+
+
 def merge_routing(
     version: int,
     groups_total: int,
@@ -369,8 +376,15 @@ def merge_routing(
     groups = {}
     for g in range(groups_total):
         replicas = _placed_nodes(g, views)
-        leader, term = leader_of(_replica_statuses(g, list(replicas), views), up)
+        statuses = _replica_statuses(g, list(replicas), views)
+        leader, term = leader_of(statuses, up)
         groups[g] = {"replicas": replicas, "leader": leader, "term": term}
+        # Each node's current replica id of g (multiraft.replica), as its
+        # worker reports it: receivers drop messages from older incarnations.
+        rids = {n: st["replica_id"] for n, st in statuses
+                if isinstance(st.get("replica_id"), str) and node_of(st["replica_id"]) == n}
+        if any(incarnation_of_or_zero(r) for r in rids.values()):
+            groups[g]["replica_ids"] = rids
     return {
         "version": version,
         "groups_total": groups_total,

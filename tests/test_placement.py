@@ -108,3 +108,16 @@ def test_merge_cluster_status_shape() -> None:
     assert g0["leader"] == "n1" and g0["commit"] == 7 and g0["term"] == 2
     assert g0["voters"] == ["n1", "n2", "n3"] and g0["learners"] == [] and g0["voters_outgoing"] == []
     assert [(r["node"], r["applied"], r["up"]) for r in g0["replicas"]] == [("n1", 7, True), ("n2", 6, True), ("n3", None, False)]
+
+
+def test_merge_routing_names_later_incarnations_so_receivers_drop_retired_senders() -> None:
+    """multiraft.replica: once a node hosts a later incarnation of a group,
+    routing says so (workers drop late messages of the earlier one)."""
+    plan = {0: ["n1", "n2"], 1: ["n1", "n2"]}
+    views = _views()
+    views["n2"]["status"][0] = {**_st("follower", "n1", 2, 6), "replica_id": "n2~3"}
+    views["n1"]["status"][0] = {**_st("leader", "n1", 2, 7), "replica_id": "n1"}
+    views["n1"]["status"][1] = {**_st("follower", "n2", 2, 3), "replica_id": "n2~1"}  # not n1's: ignored
+    table = merge_routing(1, 2, plan, views)
+    assert table["groups"][0]["replica_ids"] == {"n1": "n1", "n2": "n2~3"}
+    assert "replica_ids" not in table["groups"][1]  # every replica incarnation 0: nothing to say

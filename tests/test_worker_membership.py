@@ -175,3 +175,26 @@ async def test_a_worker_deletes_stored_data_of_a_retired_incarnation_at_start(tm
             await cluster.start(other, replica_ids={0: f"{other}~1"})
             raft = cluster.workers[other].groups[0].raft
             assert raft.id == f"{other}~1" and raft.log.last_index() == 0 and raft.term == 0
+
+
+async def test_delayed_messages_from_a_retired_replica_id_are_dropped_and_counted(tmp_path, autojump_clock):
+    """Once routing names a node's new incarnation, a late message of the old
+    one (a vote or an ack it sent before it was deleted) is dropped."""
+    from multiraft.raft.types import Message, MessageType
+
+    with trio.fail_after(BOUND):
+        async with open_cluster(tmp_path, groups=1) as cluster:
+            leader = await cluster.wait_leader(0)
+            other = next(n for n in ("n1", "n2", "n3") if n != leader)
+            assert (await cluster.workers[other].group_op("remove_group", 0))["ok"]
+            assert (await cluster.workers[other].group_op("add_group", 0, f"{other}~1"))["ok"]
+            cluster.publish_routing()
+            lw = cluster.workers[leader]
+            assert lw.groups[0].peer_incarnations == {other: 1}
+            before = lw.counters["dropped_from_retired_replica"]
+            term = lw.groups[0].raft.term
+            # A late vote of the old incarnation, for a term ahead of ours.
+            cluster.transport_of(other).send(lw.address, 0, Message(MessageType.VOTE_RESPONSE, other, leader, term + 5))
+            await trio.sleep(1)
+            assert lw.counters["dropped_from_retired_replica"] == before + 1
+            assert lw.groups[0].raft.term == term  # it never reached the core

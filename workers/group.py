@@ -70,6 +70,7 @@ class Group:
         "failed",
         "saved_term",
         "saved_vote",
+        "peer_incarnations",
     )
 
     def __init__(self, gid: int, raft: RaftState, sm: kv.KVStateMachine) -> None:
@@ -99,6 +100,10 @@ class Group:
         # changes only the commit index needs no write of its own.
         self.saved_term = 0
         self.saved_vote: NodeId | None = None
+        # node -> the incarnation of its current replica of this group, for
+        # the peers whose incarnation is above 0 (from routing): a message
+        # from an older incarnation of that node's replica is dropped.
+        self.peer_incarnations: dict[str, int] = {}
 
     @property
     def is_leader(self) -> bool:

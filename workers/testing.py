@@ -198,6 +198,10 @@ class LocalCluster:
         for g in range(self.groups_total):
             leader = self.leader_of(g)
             groups[g] = {"replicas": {n: 0 for n in self.nodes}, "leader": leader, "term": 0}
+            # As the coordinator's merge_routing: each running replica's id.
+            rids = {n: w.groups[g].raft.id for n, w in self.workers.items() if g in w.groups}
+            if any(r != n for n, r in rids.items()):
+                groups[g]["replica_ids"] = rids
         return {"version": self.version, "groups_total": self.groups_total, "nodes": nodes, "groups": groups}
 
     def publish_routing(self) -> None:

@@ -61,7 +61,7 @@ from multiraft.raft.types import (
     Snapshot,
     StateRole,
 )
-from multiraft.replica import node_of
+from multiraft.replica import ReplicaIdError, incarnation_of, node_of
 from multiraft.wire import worker_address
 from storage import GroupWrite, SegmentedLog, SnapshotStore, StorageError
 from storage.recovery import recover_group
@@ -99,6 +99,7 @@ STAT_NAMES = (
     "dropped_unknown_group",  # a peer's message for a group not hosted here
     "dropped_no_route",  # our message to a node the routing table does not place
     "dropped_retired_replica",  # a message to a retired incarnation of one of our replicas
+    "dropped_from_retired_replica",  # a (delayed) message from a retired incarnation of a peer
     "dropped_send",  # the transport refused it (peer down, outbox full, ...)
     "proposals",  # entries proposed
     "proposal_batches",  # propose_many calls
@@ -134,6 +135,18 @@ class WorkerError(Exception):
 
 class RoutingError(ValueError):
     """A routing table that does not have the documented shape (the sender's fault)."""
+
+
+def _from_retired(incarnations: dict[str, int], sender: str) -> bool:
+    """Is `sender` an older incarnation than the one its node now hosts?
+    (Replica ids only grow, so an older one is retired: multiraft.replica.)"""
+    current = incarnations.get(node_of(sender))
+    if current is None:
+        return False
+    try:
+        return incarnation_of(sender) < current
+    except ReplicaIdError:
+        return True
 
 
 def _plain_entries(entries: tuple[Entry, ...]) -> tuple[Entry, ...]:
@@ -468,8 +481,10 @@ class Worker:
         except RoutingError:
             self.counters["routing_errors"] += 1
             raise
-        for gid, peers in routes.items():
-            self.groups[gid].peers = peers
+        for gid, (peers, incarnations) in routes.items():
+            g = self.groups[gid]
+            g.peers = peers
+            g.peer_incarnations = incarnations
         transport = self.transport
         current = transport.peers()
         for addr, url in wanted.items():
@@ -486,7 +501,9 @@ class Worker:
         self._routing_table = table
         self.counters["routing_updates"] += 1
 
-    def _parse_routing(self, table: Any) -> tuple[Any, dict[int, dict[str, str]], dict[str, str]]:
+    def _parse_routing(
+        self, table: Any
+    ) -> tuple[Any, dict[int, tuple[dict[str, str], dict[str, int]]], dict[str, str]]:
         if not isinstance(table, dict):
             raise RoutingError("the routing table must be a map")
         nodes, groups = table.get("nodes"), table.get("groups")
@@ -498,13 +515,27 @@ class Worker:
             if gid is None:
                 raise RoutingError(f"group id {k!r} is not an int")
             by_id[gid] = v
-        routes: dict[int, dict[str, str]] = {}
+        routes: dict[int, tuple[dict[str, str], dict[str, int]]] = {}
         wanted: dict[str, str] = {}
         for gid in self.groups:
             entry = by_id.get(gid)
             if entry is None:
-                routes[gid] = {}
+                routes[gid] = ({}, {})
                 continue
+            incarnations: dict[str, int] = {}
+            rids = entry.get("replica_ids", {}) if isinstance(entry, dict) else {}
+            if not isinstance(rids, dict):
+                raise RoutingError(f"group {gid}: 'replica_ids' must be a map of node id -> replica id")
+            for node, rid in rids.items():
+                try:
+                    ok = isinstance(node, str) and isinstance(rid, str) and node_of(rid) == node
+                    number = incarnation_of(rid) if ok else 0
+                except ReplicaIdError:
+                    ok = False
+                if not ok:
+                    raise RoutingError(f"group {gid}: bad replica id {rid!r} of node {node!r}")
+                if number and node != self.node_id:
+                    incarnations[node] = number
             replicas = entry.get("replicas") if isinstance(entry, dict) else None
             if not isinstance(replicas, dict):
                 raise RoutingError(f"group {gid}: 'replicas' must be a map of node id -> worker index")
@@ -526,7 +557,7 @@ class Worker:
                 if wanted.setdefault(addr, url) != url:
                     raise RoutingError(f"worker {addr} has two raft_urls")
                 peers[node] = addr
-            routes[gid] = peers
+            routes[gid] = (peers, incarnations)
         return table.get("version"), routes, wanted
 
     # ==== the receive loop =====================================================
@@ -552,6 +583,9 @@ class Worker:
                         # Addressed to a retired incarnation of our replica (an
                         # old config names it): it must never vote or ack again.
                         counters["dropped_retired_replica"] += 1
+                        continue
+                    if g.peer_incarnations and _from_retired(g.peer_incarnations, msg.frm):
+                        counters["dropped_from_retired_replica"] += 1
                         continue
                     g.raft.step(msg)
                     dirty.add(gid)

@@ -13,7 +13,7 @@ from multiraft import lincheck
 from multiraft.raft import confchange
 from multiraft.raft.errors import RaftError
 from multiraft.raft.types import StateRole
-from multiraft.replica import node_of
+from multiraft.replica import incarnation_of, node_of
 
 from .cluster import Replica, SimNode
 from .hostile import check_hostile_frame, hostile_frame
@@ -140,6 +140,12 @@ class Sim:
                     # For a retired incarnation (an old config names it): as the worker does.
                     self.counters["dropped_retired_replica"] += 1
                     continue
+                if self._from_retired(group, m.frm):
+                    # A delayed message of a retired incarnation (the worker
+                    # learns the sender's current id from routing; the
+                    # simulator knows it at once).
+                    self.counters["dropped_from_retired_replica"] += 1
+                    continue
                 r.raft.step(m)
         for node in self.nodes.values():
             # Each node ticks by its own clock (at most once a step: ticks
@@ -168,6 +174,11 @@ class Sim:
                         continue
                     r.raft.check_invariants()
                     r.observe(self)
+
+    def _from_retired(self, group: int, sender: str) -> bool:
+        node = self.nodes.get(node_of(sender))
+        current = node.replica_ids.get(group) if node is not None else None
+        return current is not None and incarnation_of(sender) < incarnation_of(current)
 
     # ---- faults ------------------------------------------------------------------
 
