@@ -89,7 +89,7 @@ def group_members(pgid: int) -> list[int]:
 
 
 class LocalNode:
-    def __init__(self, cluster: "LocalCluster", node_id: str, port: int) -> None:
+    def __init__(self, cluster: LocalCluster, node_id: str, port: int) -> None:
         self.cluster = cluster
         self.node_id = node_id
         self.port = port
@@ -286,7 +286,7 @@ class LocalCluster:
     def any_process_left(self) -> bool:
         return any(n.group_alive() for n in self.nodes.values())
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -300,7 +300,9 @@ class LocalCluster:
         return await coordinator_request(self.addresses_of_running() or self.addresses, ["cluster_status"],
                                          timeout_s=timeout_s)
 
-    async def wait_for(self, predicate, *, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition") -> dict:
+    async def wait_for(
+        self, predicate, *, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition"
+    ) -> dict:
         """Poll cluster_status until predicate(status) is true; return it.
         Raises TimeoutError with the last status summary."""
         from multiraft.client import ClientError

@@ -25,7 +25,7 @@ import io
 import random
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from multiraft.raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 
@@ -41,7 +41,6 @@ from .batch import (
     GroupWrite,
     plan_group_write,
 )
-from .group_reads import GroupReads
 from .errors import (
     InvalidWriteError,
     LogCompactedError,
@@ -49,6 +48,7 @@ from .errors import (
     SnapshotError,
     StorageClosedError,
 )
+from .group_reads import GroupReads
 
 
 class _MemGroup:
@@ -77,7 +77,7 @@ class _MemGroup:
             raise LogUnavailableError(self.group, i, self.last_index)
         return self.entries[i - self.base_index - 1].term
 
-    def copy(self) -> "_MemGroup":
+    def copy(self) -> _MemGroup:
         g = _MemGroup(self.group)
         g.base_index, g.base_term, g.hs, g.cs = self.base_index, self.base_term, self.hs, self.cs
         g.entries = list(self.entries)
@@ -115,7 +115,7 @@ def _apply(groups: dict[int, _MemGroup], group: int, op: tuple) -> None:
 
 
 class _MemSnapshotWriter:
-    def __init__(self, store: "MemoryStorage", group: int, meta: SnapshotMeta) -> None:
+    def __init__(self, store: MemoryStorage, group: int, meta: SnapshotMeta) -> None:
         self._store = store
         self.group = group
         self.meta = meta
@@ -346,7 +346,7 @@ class MemoryStorage(GroupReads):
         with self._lock:
             return sorted(self._snapshots)
 
-    def __enter__(self) -> "MemoryStorage":
+    def __enter__(self) -> MemoryStorage:
         return self
 
     def __exit__(self, *exc) -> None:

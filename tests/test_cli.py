@@ -39,7 +39,9 @@ def test_three_node_options(tmp_path: Path) -> None:
     o = resolve(RawOptions(node_id="n2", peers="n3=127.0.0.1:7300, n1=127.0.0.1:7100,n2=127.0.0.1:7200"), cwd=tmp_path)
     assert list(o.peers) == ["n1", "n2", "n3"]
     assert (o.listen_port, o.replicas) == (7200, 3)
-    o2 = resolve(RawOptions(node_id="n2", listen="0.0.0.0:7200", peers="n1=10.0.0.1:7100,n2=10.0.0.2:7200"), cwd=tmp_path)
+    o2 = resolve(
+        RawOptions(node_id="n2", listen="0.0.0.0:7200", peers="n1=10.0.0.1:7100,n2=10.0.0.2:7200"), cwd=tmp_path
+    )
     assert o2.listen_host == "0.0.0.0" and o2.address == "10.0.0.2:7200"
     assert o2.worker_raft_url(1, advertised=False) == "tcp://0.0.0.0:7202"
 

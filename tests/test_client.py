@@ -118,7 +118,7 @@ async def test_a_down_node_makes_its_groups_unavailable_not_others(tmp_path: Pat
         await cluster.wait_healthy(timeout_s=30)
         async with open_client(cluster.addresses, timeout_s=2) as c:
             keys = {group_for_key(f"k{i}".encode(), 4): f"k{i}" for i in range(50)}
-            for g, k in keys.items():
+            for k in keys.values():
                 await c.put(k, "v")
             cluster.nodes["n2"].kill()
             on_n1 = [k for g, k in keys.items() if c.routing["groups"][g]["replicas"] == {"n1": 0}]

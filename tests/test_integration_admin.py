@@ -343,7 +343,7 @@ class RawWorker:
         self.next_id = 1
 
     @classmethod
-    async def open(cls, cluster: LocalCluster, node: str, g: int) -> "RawWorker":
+    async def open(cls, cluster: LocalCluster, node: str, g: int) -> RawWorker:
         st = await coordinator_request([cluster.nodes[node].address], ["status"])
         w = st["groups"][g]["worker"]
         host, port = st["workers"][w]["client_address"].rsplit(":", 1)
@@ -352,7 +352,7 @@ class RawWorker:
     async def requests(self, *bodies: list) -> list:
         ids = list(range(self.next_id, self.next_id + len(bodies)))
         self.next_id += len(bodies)
-        await self.stream.send_all(b"".join(protocol.encode([i, *b]) for i, b in zip(ids, bodies)))
+        await self.stream.send_all(b"".join(protocol.encode([i, *b]) for i, b in zip(ids, bodies, strict=True)))
         answers: dict = {}
         while len(answers) < len(ids):
             data = await self.stream.receive_some(1 << 16)
@@ -486,7 +486,7 @@ async def test_rebalance_evens_out_the_workers_of_a_node(cluster: LocalCluster) 
     placed = (await coordinator_request(n2, ["placement"]))["groups"]
     loads = [sum(1 for w in placed.values() if w == i) for i in range(WORKERS)]
     assert max(loads) - min(loads) <= 1, loads
-    st = await cluster.wait_for(agree, timeout_s=60, what="replicas to agree")
+    await cluster.wait_for(agree, timeout_s=60, what="replicas to agree")
     async with open_client(cluster.addresses_of_running(), timeout_s=20) as c:
         for key, value in sorted(WORKLOAD.acked.items())[:50]:
             assert await c.get(key) == value

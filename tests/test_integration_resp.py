@@ -40,7 +40,7 @@ def _port(address: str) -> int:
     return int(address.rpartition(":")[2])
 
 
-def connect(address: str, **kw) -> "redis.Redis":
+def connect(address: str, **kw) -> redis.Redis:
     kw.setdefault("socket_timeout", 10)
     kw.setdefault("retry", Retry(NoBackoff(), 0))  # see every error
     return redis.Redis(host="127.0.0.1", port=_port(address), **kw)
@@ -196,7 +196,7 @@ def test_the_coordinator_restarts_its_resp_process(cluster):
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while (new := _resp_child_pid(cluster, "n3")) in (None, pid):
+    while _resp_child_pid(cluster, "n3") in (None, pid):
         assert time.monotonic() < deadline, "the RESP process was not restarted"
         time.sleep(0.1)
     wait_for_resp(cluster.nodes["n3"].redis_address)
@@ -291,7 +291,7 @@ def test_leader_node_killed_mid_workload_loses_no_acknowledged_write(cluster):
     for i in range(0, len(items), 200):
         chunk = items[i : i + 200]
         got = check.mget([k for k, _ in chunk])
-        for (key, value), have in zip(chunk, got):
+        for (key, value), have in zip(chunk, got, strict=True):
             assert have == value, f"acknowledged write lost: {key!r} = {have!r}, expected {value!r}"
     # the node comes back with its RESP front-end
     cluster.nodes[victim].start()

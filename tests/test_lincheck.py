@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from multiraft import lincheck
 from multiraft.lincheck import (
@@ -448,7 +447,7 @@ def _brute_force_linearizable(ops: list[Operation]) -> bool:
     for key in {op.key for op in ops}:
         mine = [op for op in ops if op.key == key]
 
-        def extend(placed: frozenset[int], state: Any) -> bool:
+        def extend(placed: frozenset[int], state: Any, mine: list[Operation] = mine) -> bool:
             if all(i in placed or op.unknown for i, op in enumerate(mine)):
                 return True
             for i, op in enumerate(mine):

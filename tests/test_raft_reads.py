@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import pytest
+from raftnet import Net
 
-from multiraft.raft.config import Config
 from multiraft.raft.confchange import add_learner
+from multiraft.raft.config import Config
 from multiraft.raft.errors import Busy, NotLeader
 from multiraft.raft.types import Message, MessageType as MT, ReadOnlyOption, ReadState, StateRole
-
-from raftnet import Net
 
 IDS = ["n1", "n2", "n3"]
 LEASE = dict(read_only=ReadOnlyOption.LEASE_BASED)

@@ -65,7 +65,9 @@ def test_simulation_is_identical_under_different_string_hash_seeds():
             [sys.executable, "-m", "multiraft.sim", "--seeds", "3", "--first", "520"],
             capture_output=True, text=True, env=env, check=True,
         ).stdout
-        outputs.append([line.split(" in ")[1].split(", ", 1)[1] for line in out.splitlines() if line.startswith("seed ")])
+        outputs.append(
+            [line.split(" in ")[1].split(", ", 1)[1] for line in out.splitlines() if line.startswith("seed ")]
+        )
     assert outputs[0] == outputs[1]
 
 

@@ -297,7 +297,9 @@ def _append_after(base, got: dict) -> None:
     try:
         for g, (_rec, raft) in got.items():
             nxt = raft.log.last_index() + 1
-            log.write([GroupWrite(g, entries=[Entry(raft.term, nxt, 0, b"next")], hard_state=HardState(raft.term, None, 0))])
+            log.write(
+                [GroupWrite(g, entries=[Entry(raft.term, nxt, 0, b"next")], hard_state=HardState(raft.term, None, 0))]
+            )
             assert log.last_index(g) == nxt
     finally:
         log.close()

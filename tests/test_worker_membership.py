@@ -39,10 +39,14 @@ async def test_conf_change_remove_and_readd_a_replica(tmp_path, autojump_clock):
                 assert st["role"] == "leader" and set(st["progress"]) == {"n1", "n2", "n3"}
                 # malformed and refused requests
                 assert (await c.call("conf_change", 0, [["bogus", "n9"]], False))[0] == "error"
-                assert (await c.call("conf_change", 0, [["remove", "n1"], ["remove", "n2"], ["remove", "n3"]], True))[0] == "error"
+                assert (await c.call("conf_change", 0, [["remove", "n1"], ["remove", "n2"], ["remove", "n3"]], True))[
+                    0
+                ] == "error"
                 status, payload = await c.call("conf_change", 0, [["remove", other]], False)
                 assert status == "ok" and payload["index"] > 0
-            await _wait_conf(cluster, leader, lambda st: other not in st["voters"] and st["applied"] >= payload["index"])
+            await _wait_conf(
+                cluster, leader, lambda st: other not in st["voters"] and st["applied"] >= payload["index"]
+            )
             w = cluster.workers[other]
             result = await w.group_op("remove_group", 0)
             assert result["ok"] and result["existed"] and 0 not in w.groups

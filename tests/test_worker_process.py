@@ -12,7 +12,6 @@ from pathlib import Path
 
 import trio
 
-from multiraft import protocol
 from workers.control import ControlPipe
 from workers.testing import open_client
 

@@ -68,11 +68,17 @@ async def test_a_snapshot_older_than_the_logs_compaction_fails_only_that_group(t
             assert w.groups[1].failed is None
             async with cluster.client(await cluster.wait_leader(1)) as c:
                 assert (await c.call("put", 1, b"after", b"x", 0, 0))[0] == "ok"
-            await cluster.wait_applied(1, cluster.workers[cluster.leader_of(1)].groups[1].raft.log.applied, nodes=("n2",))
-            assert {k: v for k, v in disk_image(d).items() if "0_n2" in k} == {k: v for k, v in before.items() if "0_n2" in k}
+            await cluster.wait_applied(
+                1, cluster.workers[cluster.leader_of(1)].groups[1].raft.log.applied, nodes=("n2",)
+            )
+            assert {k: v for k, v in disk_image(d).items() if "0_n2" in k} == {
+                k: v for k, v in before.items() if "0_n2" in k
+            }
 
 
-async def test_importing_a_group_state_whose_log_does_not_follow_its_snapshot_is_refused_unwritten(tmp_path, autojump_clock):
+async def test_importing_a_group_state_whose_log_does_not_follow_its_snapshot_is_refused_unwritten(
+    tmp_path, autojump_clock
+):
     with trio.fail_after(BOUND):
         async with open_cluster(tmp_path) as cluster:
             await _fill(cluster, [0], n=10)

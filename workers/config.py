@@ -174,7 +174,7 @@ class Limits:
     transport_batch_messages_max: int = 256
 
     @classmethod
-    def from_dict(cls, d: Any) -> "Limits":
+    def from_dict(cls, d: Any) -> Limits:
         if d is None:
             return cls()
         if not isinstance(d, dict):
@@ -212,7 +212,7 @@ class WorkerConfig:
     storage: dict = attrs.field(factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "WorkerConfig":
+    def from_dict(cls, d: Any) -> WorkerConfig:
         """Build and validate; ConfigError (one line) on anything wrong."""
         if not isinstance(d, dict):
             raise ConfigError(f"the worker config must be a map, got {type(d).__name__}")

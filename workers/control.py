@@ -31,8 +31,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 import sys
+import time
 from typing import Any
 
 import trio
@@ -131,7 +131,9 @@ async def run_worker_process(
     if first is None:
         return await fatal("stdin closed before the config frame", EXIT_BAD_CONFIG)
     if first[0] != "config" or len(first) != 2:
-        return await fatal(f"the first control frame must be ['config', {{...}}], got kind {first[0]!r}", EXIT_BAD_CONFIG)
+        return await fatal(
+            f"the first control frame must be ['config', {{...}}], got kind {first[0]!r}", EXIT_BAD_CONFIG
+        )
     try:
         config = WorkerConfig.from_dict(first[1])
     except ConfigError as exc:

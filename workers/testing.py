@@ -15,9 +15,10 @@ then runs inline (see open_cluster).
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import trio
 
@@ -190,7 +191,12 @@ class LocalCluster:
             n: {
                 "address": f"{n}:0",
                 "up": n in self.workers,
-                "workers": [{"raft_url": f"mem://{n}/w0", "client_address": self.workers[n].client_address if n in self.workers else None}],
+                "workers": [
+                    {
+                        "raft_url": f"mem://{n}/w0",
+                        "client_address": self.workers[n].client_address if n in self.workers else None,
+                    }
+                ],
             }
             for n in self.nodes
         }

@@ -10,6 +10,7 @@ Layout: `entries[k].index == offset + k`, where `offset == snapshot_index + 1`.
 from __future__ import annotations
 
 import bisect
+from itertools import pairwise
 
 import attrs
 
@@ -295,7 +296,7 @@ def check_follows_snapshot(
     snapshot's term there, the first entry after it at index + 1 with a term no lower, and
     a hard state term no older than the log's last term."""
     s, t = (meta.index, meta.term) if meta is not None else (0, 0)
-    for a, b in zip(entries, entries[1:]):
+    for a, b in pairwise(entries):
         if b.index != a.index + 1 or b.term < a.term:
             raise LogDoesNotFollowSnapshot(
                 f"the log is not contiguous: entry ({a.index}, term {a.term}) "

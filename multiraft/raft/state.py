@@ -16,7 +16,6 @@ import random
 import attrs
 
 from . import quorum
-from .config import Config
 from .confchange import (
     LEAVE_JOINT,
     ConfChange,
@@ -25,21 +24,22 @@ from .confchange import (
     decode_conf_change,
     encode_conf_change,
 )
+from .config import Config
 from .errors import Busy, ConfChangeRejected, LogDoesNotFollowSnapshot, NotLeader, RaftError
 from .log import RaftLog, check_follows_snapshot
 from .progress import Inflights, Progress, ProgressState
 from .types import (
+    ENTRY_OVERHEAD_BYTES,
     ConfState,
     Entry,
-    ENTRY_OVERHEAD_BYTES,
     EntryType,
     HardState,
     Message,
     MessageType as MT,
     NodeId,
-    Ready,
     ReadOnlyOption,
     ReadState,
+    Ready,
     Snapshot,
     SnapshotMeta,
     SoftState,
@@ -542,7 +542,7 @@ class RaftState:
         self._round_sent_at.clear()
         self._acked_round.clear()
         last = self.log.last_index()
-        for node, pr in self.progress.items():
+        for pr in self.progress.values():
             pr.match = 0
             pr.next_index = last + 1
             pr.state = ProgressState.PROBE
@@ -786,7 +786,7 @@ class RaftState:
             if self.id not in self.conf.all_voters():
                 self._hand_off_leadership()  # try again, perhaps another voter
         timeout = self.config.effective_snapshot_timeout_ticks
-        for node, pr in self.progress.items():
+        for pr in self.progress.values():
             if pr.state == ProgressState.SNAPSHOT:
                 pr.snapshot_wait_ticks += 1
                 if pr.snapshot_wait_ticks >= timeout:
@@ -949,7 +949,9 @@ class RaftState:
         prev_term = self.log.term(prev)
         if prev_term is None or prev < self.log.snapshot_index:
             return self._send_snapshot(to, pr)
-        entries = self.log.slice(pr.next_index, self.log.last_index() + 1, self.config.msg_size_bytes_max) if pr.next_index <= self.log.last_index() else []
+        entries: list[Entry] = []
+        if pr.next_index <= self.log.last_index():
+            entries = self.log.slice(pr.next_index, self.log.last_index() + 1, self.config.msg_size_bytes_max)
         if not entries and not send_empty and pr.state == ProgressState.REPLICATE:
             return False
         self._send(

@@ -96,7 +96,7 @@ class ConfState:
         )
 
     @classmethod
-    def from_plain(cls, plain) -> "ConfState":
+    def from_plain(cls, plain) -> ConfState:
         voters, learners, outgoing, learners_next, auto_leave = plain
         return cls(
             frozenset(voters),
