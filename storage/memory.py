@@ -187,7 +187,7 @@ class MemoryStorage(GroupReads):
         self._snapshots: dict[int, Snapshot] = {}
         self._epoch = 0
         self._closed = False
-        self._st = collections.Counter()
+        self._st: collections.Counter[str] = collections.Counter()
 
     # -- faults ----------------------------------------------------------------
 

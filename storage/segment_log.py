@@ -880,7 +880,7 @@ class SegmentedLog(GroupReads):
                         lcol = _u32s(n).pack(*lens)
                     if dl + ENTRY_TABLE_BYTES * n > MAX_ENTRIES_BODY:
                         # more than one record's worth: the general path splits it
-                        ops = [(OP_ENTRIES, first, ents, terms, types, datas)]
+                        ops: list[tuple] = [(OP_ENTRIES, first, ents, terms, types, datas)]
                         if hs is not None:
                             check_hard_state(g, hs)
                             ops.append((OP_HARD_STATE, hs))
@@ -960,8 +960,8 @@ class SegmentedLog(GroupReads):
             if kind == OP_ENTRIES:
                 _, first, ents, terms, types, datas = op
                 n = len(datas)
-                lens = list(map(len, datas)) if n > 1 else None
-                if n == 1 or sum(lens) + ENTRY_TABLE_BYTES * n <= MAX_ENTRIES_BODY:
+                lens = list(map(len, datas)) if n > 1 else None  # one entry: put_entries measures it
+                if lens is None or sum(lens) + ENTRY_TABLE_BYTES * n <= MAX_ENTRIES_BODY:
                     rec = bytearray()
                     ln = put_entries(rec, group, durable, first, terms, types, datas, lens)
                     out.append(rec)
@@ -1283,6 +1283,7 @@ class SegmentedLog(GroupReads):
                 raise LogUnavailableError(group, high - 1, last)
             if low >= high:
                 return []
+            assert st is not None  # an absent group has base 0 and last 0: the checks above answered
             return self._read(st, low, high, max_bytes)
 
     def _read(self, st: _Group, low: int, high: int, max_bytes: int | None) -> list[Entry]:

@@ -58,7 +58,7 @@ class SnapshotWriter:
         self.size = 0
         self._done = False
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         if self._done:
             raise SnapshotError("snapshot writer already committed or aborted")
         self._file.write(chunk)
@@ -162,6 +162,7 @@ class SnapshotReader:
     def _finish(self) -> None:
         if self._read != self.size:
             raise SnapshotChecksumError(self.path, f"size {self.size}", f"size {self._read}")
+        assert self._sha is not None  # only a verifying reader finishes
         actual = self._sha.hexdigest()
         if actual != self._expected:
             raise SnapshotChecksumError(self.path, self._expected, actual)
@@ -224,7 +225,7 @@ class SnapshotStore:
     def save_snapshot(self, group: int, snapshot: Snapshot) -> None:
         self.save_snapshot_chunks(group, snapshot.meta, _chunked(snapshot.data, self.chunk_size))
 
-    def save_snapshot_chunks(self, group: int, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
+    def save_snapshot_chunks(self, group: int, meta: SnapshotMeta, chunks: Iterable[bytes | memoryview]) -> None:
         w = self.begin_snapshot(group, meta)
         try:
             for chunk in chunks:
@@ -322,7 +323,8 @@ class SnapshotStore:
         pass
 
 
-def _chunked(data: bytes, size: int) -> Iterator[bytes]:
+def _chunked(data: bytes, size: int) -> Iterator[memoryview]:
+    """Zero-copy slices of `data` (file writes and hashing take them as they are)."""
     mv = memoryview(data)
     for i in range(0, len(data), size):
         yield mv[i : i + size]

@@ -374,7 +374,8 @@ class RaftState:
             early_msgs: tuple[Message, ...] = ()
             late_msgs = tuple(self._msgs) + tuple(self._msgs_after_persist)
         else:
-            early, late = [], []
+            early: list[Message] = []
+            late: list[Message] = []
             for m in self._msgs:
                 (early if m.type in _EARLY_TYPES else late).append(m)
             early_msgs = tuple(early)
@@ -681,6 +682,9 @@ class RaftState:
                 # campaign as soon as advance() has applied it.
                 self._timeout_now_term = self.term
         elif t == MT.READ_INDEX_RESPONSE:
+            if type(m.context) is not bytes:  # read ids are bytes: a buggy or corrupt peer
+                self.counters["dropped_malformed"] += 1
+                return
             self._read_states.append(ReadState(m.index, m.context))
         elif t == MT.READ_INDEX:
             self.counters["dropped_unexpected"] += 1  # we are not the leader
