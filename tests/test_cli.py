@@ -13,14 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FAKE_WORKER_ENV
 
 from multiraft import admin_cli, cli
 from multiraft.localcluster import LocalCluster, free_base_ports
 from multiraft.nodeconfig import ConfigError, RawOptions, load_toml, parse_address, parse_peers, resolve
-
-ROOT = Path(__file__).resolve().parents[1]
-FAKE_WORKER = json.dumps([sys.executable, str(ROOT / "tests" / "fake_worker.py")])
-
 
 # --- option parsing ---
 
@@ -169,7 +166,7 @@ def test_foreign_data_dir_is_refused(tmp_path: Path, capsys) -> None:
 @pytest.fixture(scope="module")
 def fake_node(tmp_path_factory):
     base = tmp_path_factory.mktemp("clinode")
-    cluster = LocalCluster(base, nodes=1, workers=2, groups=8, env={"MULTIRAFT_WORKER_ARGV": FAKE_WORKER})
+    cluster = LocalCluster(base, nodes=1, workers=2, groups=8, env=FAKE_WORKER_ENV)
     cluster.start()
     import trio
 
@@ -185,6 +182,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "multiraft.cli", *args], capture_output=True, timeout=60, env=e)
 
 
+@pytest.mark.integration
 def test_put_get_del_through_the_cli(fake_node) -> None:
     cl = fake_node.addresses[0]
     assert _cli("put", "greeting", "hello", "--cluster", cl).returncode == 0
@@ -197,6 +195,7 @@ def test_put_get_del_through_the_cli(fake_node) -> None:
     assert r.returncode == 1 and b"not found" in r.stderr and r.stdout == b""
 
 
+@pytest.mark.integration
 def test_admin_status_table_and_json(fake_node, capsys) -> None:
     cl = fake_node.addresses[0]
     code, out, _ = _run(admin_cli.main, ["--cluster", cl, "status"], capsys)
@@ -208,6 +207,7 @@ def test_admin_status_table_and_json(fake_node, capsys) -> None:
     assert doc["groups"][0].keys() >= {"id", "leader", "term", "commit", "voters", "learners", "voters_outgoing"}
 
 
+@pytest.mark.integration
 def test_second_node_on_the_same_data_dir_is_refused(fake_node) -> None:
     n = fake_node.nodes["n1"]
     port = free_base_ports(1, 2)[0]
@@ -217,6 +217,7 @@ def test_second_node_on_the_same_data_dir_is_refused(fake_node) -> None:
     assert b"--peers differs" in r.stderr or b"in use" in r.stderr
 
 
+@pytest.mark.integration
 def test_restart_with_another_layout_is_refused(fake_node) -> None:
     n = fake_node.nodes["n1"]
     r = _cli("node", "--data-dir", str(n.data_dir), "--workers", "3")

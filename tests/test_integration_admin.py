@@ -19,6 +19,7 @@ import sys
 
 import pytest
 import trio
+from conftest import linux_only
 
 from multiraft import protocol
 from multiraft.client import ClientError, RequestError, coordinator_request, open_client
@@ -28,7 +29,7 @@ from multiraft.localcluster import LocalCluster, caught_up, free_base_ports
 GROUPS = 6
 WORKERS = 2
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups and /proc")
+pytestmark = [pytest.mark.integration, linux_only]
 
 
 @pytest.fixture(scope="module")

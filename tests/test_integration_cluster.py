@@ -21,6 +21,7 @@ import cbor2
 import pynng
 import pytest
 import trio
+from conftest import linux_only
 
 from multiraft import wire
 from multiraft.client import ClientError, ClusterUnavailable, Timeout, coordinator_request, open_client
@@ -31,7 +32,7 @@ from multiraft.sharding import group_for_key
 GROUPS = 8
 SNAPSHOT_THRESHOLD = 100
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups and /proc")
+pytestmark = [pytest.mark.integration, linux_only]
 
 
 @pytest.fixture(scope="module")

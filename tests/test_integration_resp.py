@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,12 +25,13 @@ import pytest
 import trio
 
 redis = pytest.importorskip("redis", reason="redis-py is a test dependency: pip install -e '.[test]'")
+from conftest import linux_only  # noqa: E402
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
 from multiraft.localcluster import LocalCluster  # noqa: E402
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups and /proc")
+pytestmark = [pytest.mark.integration, linux_only]
 
 GROUPS = 8
 

@@ -397,6 +397,7 @@ def test_cli_exits_3_for_a_malformed_history_or_bad_usage(tmp_path: Path) -> Non
     assert exc.value.code == 3
 
 
+@pytest.mark.integration
 def test_module_runs_as_a_script_without_io_frameworks(tmp_path: Path) -> None:
     # One interpreter for both claims: `python -m multiraft.lincheck` works,
     # and importing the checker pulls in none of trio / pynng / cbor2 (the

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from raftnet import Net
 
 from multiraft.raft.types import MessageType as MT
@@ -56,6 +57,7 @@ def test_restart_skips_persisted_entries_the_snapshot_covers():
     restarted.check_invariants()
 
 
+@pytest.mark.integration
 def test_simulation_is_identical_under_different_string_hash_seeds():
     # Set iteration order depends on PYTHONHASHSEED; a replayed seed must not.
     outputs = []

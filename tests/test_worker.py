@@ -6,16 +6,13 @@ elections and timeouts happen in virtual time with no real sleeps."""
 from __future__ import annotations
 
 import trio
+from conftest import put
 
 from multiraft import protocol
 from multiraft.raft.types import StateRole
 from workers.testing import open_cluster
 
 BOUND = 120  # virtual seconds: generous upper bound for anything below
-
-
-async def put(client, group, key, value, cid=0, seq=0):
-    return await client.call("put", group, key, value, cid, seq)
 
 
 async def test_three_workers_elect_a_leader_and_replicate_puts(tmp_path, autojump_clock):
