@@ -18,8 +18,10 @@ from .errors import LogDoesNotFollowSnapshot
 from .types import ENTRY_OVERHEAD_BYTES, Entry, HardState, Snapshot, SnapshotMeta
 
 
-class LogUnavailable(Exception):
-    """An index before the compacted prefix was asked for (a snapshot is needed)."""
+class LogCompacted(Exception):
+    """An index at or before the compacted prefix was asked for (a snapshot is
+    needed). Same word, same meaning as storage's LogCompactedError; storage's
+    LogUnavailableError is the other end: past the last stored entry."""
 
 
 @attrs.define
@@ -95,7 +97,7 @@ class RaftLog:
     def slice(self, low: int, high: int, size_bytes_max: int) -> list[Entry]:
         """Entries [low, high), at least one, then up to size_bytes_max bytes."""
         if low <= self.snapshot_index:
-            raise LogUnavailable(low)
+            raise LogCompacted(low)
         start = low - self.snapshot_index - 1
         stop = min(high, self.last_index() + 1) - self.snapshot_index - 1
         if stop <= start:
