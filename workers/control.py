@@ -39,7 +39,7 @@ import trio
 
 from multiraft import protocol
 
-from .config import ConfigError, WorkerConfig
+from .config import WorkerConfig, WorkerConfigError
 from .membership import GROUP_OPS
 
 __all__ = ["ControlPipe", "run_worker_process", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_CONFIG"]
@@ -136,7 +136,7 @@ async def run_worker_process(
         )
     try:
         config = WorkerConfig.from_dict(first[1])
-    except ConfigError as exc:
+    except WorkerConfigError as exc:
         return await fatal(f"bad config: {exc}", EXIT_BAD_CONFIG)
 
     logging.basicConfig(

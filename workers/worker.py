@@ -69,7 +69,7 @@ from storage.recovery import recover_group
 
 from . import membership
 from .client_server import ClientServer, Connection
-from .config import ConfigError, WorkerConfig, parse_host_port
+from .config import WorkerConfig, WorkerConfigError, parse_host_port
 from .group import Group, Request, leader_hint
 from .identity import IdentityError, load_identities, save_identities
 from .requests import AdminRequest, BadRequest, PingRequest, ReadRequest, parse_request, write_payload
@@ -1140,4 +1140,4 @@ class Worker:
         assert n == self._pending, (n, self._pending)
 
 
-__all__ += ["STAT_NAMES", "ConfigError"]
+__all__ += ["STAT_NAMES", "WorkerConfigError"]
