@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from multiraft.client import ClientError, Timeout, open_client
-from multiraft.localcluster import LocalCluster
+from multiraft.localcluster import ProcessCluster
 
 __all__ = ["main_from_args", "Workload", "percentile"]
 
@@ -210,7 +210,7 @@ async def run_demo(args: argparse.Namespace, base_dir: str) -> int:
     from multiraft.admin_cli import format_status
 
     t_start = time.perf_counter()
-    cluster = LocalCluster(base_dir, nodes=3, workers=args.workers, groups=args.groups, tick_ms=50,
+    cluster = ProcessCluster(base_dir, nodes=3, workers=args.workers, groups=args.groups, tick_ms=50,
                            election_tick=10, heartbeat_tick=2, poll_interval_ms=300, redis=True)
     nodes = list(cluster.nodes)
     _say(f"Starting 3 nodes x {args.workers} workers, {args.groups} groups x 3 replicas, in {base_dir}")

@@ -16,7 +16,7 @@ import pytest
 from conftest import FAKE_WORKER_ENV
 
 from multiraft import admin_cli, cli
-from multiraft.localcluster import LocalCluster, free_base_ports
+from multiraft.localcluster import ProcessCluster, free_base_ports
 from multiraft.nodeconfig import ConfigError, RawOptions, load_toml, parse_address, parse_peers, resolve
 
 # --- option parsing ---
@@ -166,7 +166,7 @@ def test_foreign_data_dir_is_refused(tmp_path: Path, capsys) -> None:
 @pytest.fixture(scope="module")
 def fake_node(tmp_path_factory):
     base = tmp_path_factory.mktemp("clinode")
-    cluster = LocalCluster(base, nodes=1, workers=2, groups=8, env=FAKE_WORKER_ENV)
+    cluster = ProcessCluster(base, nodes=1, workers=2, groups=8, env=FAKE_WORKER_ENV)
     cluster.start()
     import trio
 

@@ -9,7 +9,7 @@ import trio
 from conftest import FAKE_WORKER_ENV
 
 from multiraft.client import ClusterUnavailable, SyncClient, Timeout, open_client
-from multiraft.localcluster import LocalCluster
+from multiraft.localcluster import ProcessCluster
 from multiraft.sharding import group_for_key
 
 FAKE = {**FAKE_WORKER_ENV, "FAKE_WORKER_SILENT_KEY_PREFIX": "silent-"}
@@ -19,7 +19,7 @@ FAKE = {**FAKE_WORKER_ENV, "FAKE_WORKER_SILENT_KEY_PREFIX": "silent-"}
 def nodes(tmp_path_factory):
     # 2 nodes, replicas 2: each group is led by its first replica, the other
     # answers not_leader with a hint.
-    cluster = LocalCluster(tmp_path_factory.mktemp("client"), nodes=2, workers=2, groups=8, replicas=2,
+    cluster = ProcessCluster(tmp_path_factory.mktemp("client"), nodes=2, workers=2, groups=8, replicas=2,
                            poll_interval_ms=100, env=FAKE)
     cluster.start()
     trio.run(lambda: cluster.wait_healthy(timeout_s=30))
@@ -113,7 +113,7 @@ def test_sync_client(nodes) -> None:
 
 @pytest.mark.integration
 async def test_a_down_node_makes_its_groups_unavailable_not_others(tmp_path: Path) -> None:
-    cluster = LocalCluster(tmp_path, nodes=2, workers=1, groups=4, replicas=1, poll_interval_ms=100, env=FAKE)
+    cluster = ProcessCluster(tmp_path, nodes=2, workers=1, groups=4, replicas=1, poll_interval_ms=100, env=FAKE)
     cluster.start()
     try:
         await cluster.wait_healthy(timeout_s=30)

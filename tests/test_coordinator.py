@@ -19,7 +19,7 @@ from conftest import FAKE_WORKER_ENV, process_alive, wait_until
 from multiraft import protocol
 from multiraft.client import coordinator_request
 from multiraft.coordinator import load_stored, prepare_node
-from multiraft.localcluster import LocalCluster
+from multiraft.localcluster import ProcessCluster
 from multiraft.nodeconfig import ConfigError, RawOptions
 
 # --- the data directory ---
@@ -60,7 +60,7 @@ def test_placement_is_balanced_over_workers(tmp_path: Path) -> None:
 
 @pytest.fixture
 def two_nodes(tmp_path: Path):
-    cluster = LocalCluster(
+    cluster = ProcessCluster(
         tmp_path, nodes=2, workers=2, groups=6, replicas=1, poll_interval_ms=100, env=FAKE_WORKER_ENV
     )
     cluster.start()
@@ -70,7 +70,7 @@ def two_nodes(tmp_path: Path):
 
 
 @pytest.mark.integration
-async def test_routing_merges_peers_and_tracks_them(two_nodes: LocalCluster) -> None:
+async def test_routing_merges_peers_and_tracks_them(two_nodes: ProcessCluster) -> None:
     await two_nodes.wait_healthy(timeout_s=30)
     a1, a2 = two_nodes.addresses
     want_leaders = {g: ("n1" if g % 2 == 0 else "n2") for g in range(6)}
@@ -101,7 +101,7 @@ async def test_routing_merges_peers_and_tracks_them(two_nodes: LocalCluster) -> 
 
 
 @pytest.mark.integration
-async def test_a_killed_worker_is_restarted(two_nodes: LocalCluster) -> None:
+async def test_a_killed_worker_is_restarted(two_nodes: ProcessCluster) -> None:
     await two_nodes.wait_healthy(timeout_s=30)
     a1 = two_nodes.addresses[0]
     st = await coordinator_request([a1], ["status"])
@@ -119,7 +119,7 @@ async def test_a_killed_worker_is_restarted(two_nodes: LocalCluster) -> None:
 
 
 @pytest.mark.integration
-async def test_bad_requests_get_errors_and_garbage_is_dropped(two_nodes: LocalCluster) -> None:
+async def test_bad_requests_get_errors_and_garbage_is_dropped(two_nodes: ProcessCluster) -> None:
     await two_nodes.wait_healthy(timeout_s=30)
     a1 = two_nodes.addresses[0]
     stream = await trio.open_tcp_stream("127.0.0.1", two_nodes.nodes["n1"].port)
@@ -138,7 +138,7 @@ async def test_bad_requests_get_errors_and_garbage_is_dropped(two_nodes: LocalCl
 
 
 @pytest.mark.integration
-async def test_hostile_frames_do_not_stop_the_coordinator(two_nodes: LocalCluster) -> None:
+async def test_hostile_frames_do_not_stop_the_coordinator(two_nodes: ProcessCluster) -> None:
     # [x, "ping"] with x a list holding itself (CBOR tags 28/29, 10 bytes): the
     # answer echoes x, whose encoding raised outside any handler and stopped
     # the node. Then a shared-reference DAG and a 20,000-bit integer.
@@ -176,7 +176,7 @@ def _node_pids(node) -> tuple[int, list[int]]:
 @pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_signals_stop_everything_cleanly(tmp_path: Path, sig: int) -> None:
-    cluster = LocalCluster(tmp_path, nodes=1, workers=3, groups=6, env=FAKE_WORKER_ENV)
+    cluster = ProcessCluster(tmp_path, nodes=1, workers=3, groups=6, env=FAKE_WORKER_ENV)
     cluster.start()
     try:
         await cluster.wait_healthy(timeout_s=30)
@@ -194,7 +194,7 @@ async def test_signals_stop_everything_cleanly(tmp_path: Path, sig: int) -> None
 
 @pytest.mark.integration
 async def test_workers_exit_when_the_coordinator_is_killed(tmp_path: Path) -> None:
-    cluster = LocalCluster(tmp_path, nodes=1, workers=2, groups=4, env=FAKE_WORKER_ENV)
+    cluster = ProcessCluster(tmp_path, nodes=1, workers=2, groups=4, env=FAKE_WORKER_ENV)
     cluster.start()
     try:
         await cluster.wait_healthy(timeout_s=30)
@@ -215,7 +215,7 @@ async def test_workers_exit_when_the_coordinator_is_killed(tmp_path: Path) -> No
 
 @pytest.mark.integration
 async def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
-    cluster = LocalCluster(tmp_path, nodes=1, workers=2, groups=4, env=FAKE_WORKER_ENV)
+    cluster = ProcessCluster(tmp_path, nodes=1, workers=2, groups=4, env=FAKE_WORKER_ENV)
     node = cluster.nodes["n1"]
     s = socket.socket()
     s.bind(("127.0.0.1", node.port + 52))  # worker 1's client port

@@ -29,7 +29,7 @@ from conftest import linux_only  # noqa: E402
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
-from multiraft.localcluster import LocalCluster  # noqa: E402
+from multiraft.localcluster import ProcessCluster  # noqa: E402
 
 pytestmark = [pytest.mark.integration, linux_only]
 
@@ -61,7 +61,7 @@ def wait_for_resp(address: str, timeout_s: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("resp"), nodes=3, workers=2, groups=GROUPS, tick_ms=50,
+    c = ProcessCluster(tmp_path_factory.mktemp("resp"), nodes=3, workers=2, groups=GROUPS, tick_ms=50,
                      election_tick=10, heartbeat_tick=2, poll_interval_ms=200, redis=True)
     c.start()
     try:
@@ -174,7 +174,7 @@ def test_errors_use_redis_texts_and_bad_input_closes_only_its_connection(cluster
     assert r.ping() is True
 
 
-def _resp_child_pid(cluster: LocalCluster, node: str) -> int | None:
+def _resp_child_pid(cluster: ProcessCluster, node: str) -> int | None:
     """The pid of the node's RESP process (a child of its coordinator)."""
     coordinator = cluster.nodes[node].process.pid
     for entry in Path("/proc").iterdir():

@@ -29,7 +29,7 @@ from .config import WorkerConfig
 from .memtransport import MemNetwork
 from .worker import Worker
 
-__all__ = ["LocalCluster", "TestClient", "open_client", "open_cluster"]
+__all__ = ["InProcessCluster", "TestClient", "open_client", "open_cluster"]
 
 
 class TestClient:
@@ -111,8 +111,9 @@ async def open_client(address: str) -> AsyncIterator[TestClient]:
             await trio.aclose_forcefully(stream)
 
 
-class LocalCluster:
-    """Workers (one per node, worker index 0) on one MemNetwork."""
+class InProcessCluster:
+    """Workers (one per node, worker index 0) on one MemNetwork, in this trio run
+    (multiraft.localcluster.ProcessCluster is the kind made of real processes)."""
 
     def __init__(
         self,
@@ -244,7 +245,7 @@ async def open_cluster(
     groups: int = 1,
     io_inline: bool = True,
     **overrides: Any,
-) -> AsyncIterator[LocalCluster]:
+) -> AsyncIterator[InProcessCluster]:
     """Start one worker per node; stop them all at the end.
 
     `io_inline=True` (the default here) runs storage calls in the trio thread:
@@ -252,7 +253,7 @@ async def open_cluster(
     clock jump to the next deadline whenever every task waits for it. Use
     io_inline=False with the real clock to exercise the threaded path."""
     async with trio.open_nursery() as nursery:
-        cluster = LocalCluster(nursery, base_dir, nodes, groups, io_inline, **overrides)
+        cluster = InProcessCluster(nursery, base_dir, nodes, groups, io_inline, **overrides)
         for n in nodes:
             await cluster.start(n)
         try:
