@@ -41,7 +41,7 @@ def percentile(values: list[float], q: float) -> float:
     return s[k]
 
 
-class Progress:
+class ProgressBar:
     """A plain-text progress bar: redraws with \\r on a terminal, prints a line
     every couple of seconds otherwise."""
 
@@ -141,7 +141,7 @@ class Workload:
         """Run for `seconds` (plus however long `during` takes, if given)."""
         stop = trio.Event()
         ops0, err0, lat0 = self.ops, self.errors, len(self.latencies)
-        progress = Progress(label, seconds)
+        progress = ProgressBar(label, seconds)
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for i in range(self.tasks):
