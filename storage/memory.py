@@ -6,7 +6,9 @@ groups, stats, close) and of SnapshotStore (begin_snapshot, save_snapshot,
 save_snapshot_chunks, load_snapshot, load_snapshot_meta, snapshot_info,
 open_snapshot_reader, iter_snapshot_chunks, delete_snapshot,
 snapshot_groups), with the same validation (storage.batch) and semantics.
-The simulator and unit tests use it in place of the files.
+Unit tests (tests/test_storage_*.py) use it in place of the files, and
+FileStorage can run over it; the simulator does not (yet): it models its
+disk in multiraft/sim/disk.py.
 
 Faults, all driven by one seeded random.Random:
 - crash(): every write not yet synced is lost (a write with sync, or sync(),
@@ -14,7 +16,7 @@ Faults, all driven by one seeded random.Random:
   unsynced records survives instead (cut at a record boundary, as the file
   log's recovery cuts a torn tail).
 - sync_delay: each sync sleeps sync_delay * uniform(0.5, 1.5) seconds through
-  the injectable `sleep` (a simulator passes one that advances its clock).
+  the injectable `sleep` (a caller on a virtual clock passes one that advances it).
 Snapshots are durable once committed; a writer not committed at a crash is lost.
 """
 
