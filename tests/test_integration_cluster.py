@@ -238,9 +238,8 @@ async def test_garbage_and_oversized_frames_are_dropped(cluster: ProcessCluster)
         with pynng.Push0(dial=url, block_on_dial=True, send_timeout=2000) as sock:
             sock.send(b"\x00garbage that is not cbor")
             sock.send(cbor2.dumps([99, "x/w0", "n1/w0", 1, []]))  # unknown version
-            sock.send(
-                wire.seal_frame(cbor2.dumps([wire.FORMAT_VERSION, "n2/w0", "n1/w0", 1, [0, 1, 2]]))
-            )  # truncated RAFT payload
+            # a truncated RAFT payload
+            sock.send(wire.seal_frame(cbor2.dumps([wire.FORMAT_VERSION, "n2/w0", "n1/w0", 1, [0, 1, 2]])))
             sock.send(cbor2.dumps([1, "n2/w0", "n1/w0", 1, []]))  # the old version 1, no checksum
             sock.send(b"")  # an empty nng message (pynng cannot even recv it)
             sock.send(cbor2.dumps({"not": "a frame"}))
