@@ -32,7 +32,7 @@ from typing import Any
 import trio
 
 from multiraft.client import ClientError, open_client
-from multiraft.localcluster import LocalCluster
+from multiraft.localcluster import ProcessCluster
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: error: --nodes, --workers, --groups, --clients, --seconds must be positive", file=sys.stderr)
         return 2
     base = tempfile.mkdtemp(prefix="multiraft-bench-")
-    cluster = LocalCluster(base, nodes=args.nodes, workers=args.workers, groups=args.groups,
+    cluster = ProcessCluster(base, nodes=args.nodes, workers=args.workers, groups=args.groups,
                            replicas=args.replicas, tick_ms=args.tick_ms, election_tick=10, heartbeat_tick=2,
                            sync_on_write=not args.no_sync, log_level="warning")
     ok = False

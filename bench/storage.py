@@ -158,7 +158,9 @@ def bench_recovery(base: Path, mb: int, entry_bytes: int) -> dict:
     groups, batch = 64, 16
     index = 1
     while log.end_lsn < mb * MiB:
-        ws = [GroupWrite(g, entries=[Entry(1, i, 0, payload) for i in range(index, index + batch)]) for g in range(groups)]
+        ws = [
+            GroupWrite(g, entries=[Entry(1, i, 0, payload) for i in range(index, index + batch)]) for g in range(groups)
+        ]
         log.write(ws)
         index += batch
     log.close()

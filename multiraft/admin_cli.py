@@ -216,10 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the admin jobs of the coordinator asked (kept until it restarts).",
                        parents=[common], epilog="example:\n  multiraft-admin jobs",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p = sub.add_parser("job", help="one job's steps (and wait for it with --wait)",
-                       description="Print a job's steps; with --wait, follow it until it ends (exit 0 if it succeeded).",
-                       parents=[common], epilog="example:\n  multiraft-admin job n1-3 --wait",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "job",
+        help="one job's steps (and wait for it with --wait)",
+        description="Print a job's steps; with --wait, follow it until it ends (exit 0 if it succeeded).",
+        parents=[common],
+        epilog="example:\n  multiraft-admin job n1-3 --wait",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     return parser
@@ -232,7 +236,7 @@ def _names(items: Any) -> str:
 
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 def format_status(doc: dict) -> str:
@@ -456,7 +460,9 @@ def _jobs(args: argparse.Namespace, cluster: list[str], as_json: bool) -> int:
     if as_json:
         print(json.dumps(_jsonable(doc), sort_keys=True))
     else:
-        print(f"job {doc['id']} ({doc['describe']}): {doc['state']}" + (f": {doc['error']}" if doc.get("error") else ""))
+        print(
+            f"job {doc['id']} ({doc['describe']}): {doc['state']}" + (f": {doc['error']}" if doc.get("error") else "")
+        )
     return 0 if doc["state"] == "done" or (doc["state"] == "running" and not args.wait) else 1
 
 

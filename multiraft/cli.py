@@ -21,7 +21,7 @@ from typing import NoReturn
 
 import trio
 
-from multiraft.nodeconfig import ConfigError, RawOptions, load_toml, parse_cluster, format_address
+from multiraft.nodeconfig import ConfigError, RawOptions, format_address, load_toml, parse_cluster
 
 PROG = "multiraft"
 
@@ -151,9 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     get.add_argument("key")
     get.add_argument("--lease", action="store_true", help="a leader-lease read (no quorum round)")
-    delete = sub.add_parser("del", help="delete a key", parents=[common], description="Delete KEY (absent keys are fine).",
-                            epilog="example:\n  multiraft del greeting",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    delete = sub.add_parser(
+        "del",
+        help="delete a key",
+        parents=[common],
+        description="Delete KEY (absent keys are fine).",
+        epilog="example:\n  multiraft del greeting",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     delete.add_argument("key")
 
     demo = sub.add_parser(

@@ -695,7 +695,7 @@ class Client:
             session.next_seq += 1
             body = [op, group, *args, session.client_id, seq]
             try:
-                result = await self._execute(group, lambda: body, write=True, deadline=deadline, what=what)
+                result = await self._execute(group, lambda body=body: body, write=True, deadline=deadline, what=what)
             except _SessionExpired:
                 # The first send met an evicted session: not applied. The
                 # session is gone; a new one may send the write again.
@@ -880,7 +880,6 @@ async def open_client(
     or None for $MULTIRAFT_CLUSTER / 127.0.0.1:7100. Raises ClusterUnavailable
     if no coordinator answers."""
     addresses = _normalise_cluster(cluster)
-    body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             client = Client(
@@ -899,9 +898,6 @@ async def open_client(
             nursery.start_soon(client._refresh_loop)
             try:
                 yield client
-            except BaseException as exc:
-                body_error = exc
-                raise
             finally:
                 client.close()
                 nursery.cancel_scope.cancel()
@@ -1006,7 +1002,7 @@ class SyncClient:
                 pass
         self._thread.join()
 
-    def __enter__(self) -> "SyncClient":
+    def __enter__(self) -> SyncClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -53,6 +53,7 @@ import trio
 import multiraft
 from multiraft import protocol
 from multiraft.client import Connection, ConnectionLost, open_connection
+from multiraft.jobs import JobRunner
 from multiraft.nodeconfig import (
     ConfigError,
     NodeOptions,
@@ -62,7 +63,6 @@ from multiraft.nodeconfig import (
     resolve,
 )
 from multiraft.placement import Placement, PlacementError, group_replicas, merge_cluster_status, merge_routing
-from multiraft.jobs import JobRunner
 from multiraft.sharding import KEY_HASH_NAME
 
 __all__ = [
@@ -283,7 +283,7 @@ def _join_cluster(raw: RawOptions) -> dict:
                     "key_hash": layout.get("key_hash", KEY_HASH_NAME)},
         "workers": workers,
         "joined": {"address": address, "via": via},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "multiraft_version": getattr(multiraft, "__version__", "0"),
     }
     return {"doc": doc, "members": members}
@@ -321,7 +321,9 @@ def _save_members(data_dir: Path, members: dict) -> None:
 
 def _initial_members(options: NodeOptions) -> dict[str, dict]:
     """The cluster's members: members.json, or (on a first start) --peers."""
-    members = {n: {"address": format_address(h, p), "epoch": 0, "removed": False} for n, (h, p) in options.peers.items()}
+    members = {
+        n: {"address": format_address(h, p), "epoch": 0, "removed": False} for n, (h, p) in options.peers.items()
+    }
     path = options.data_dir / MEMBERS_FILE
     try:
         doc = json.loads(path.read_text())
@@ -374,7 +376,7 @@ def _load_or_create_placement(options: NodeOptions, stored: dict | None) -> Plac
         "node_id": options.node_id,
         "cluster": {**options.cluster_layout(), "key_hash": KEY_HASH_NAME},
         "workers": options.workers,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "multiraft_version": getattr(multiraft, "__version__", "0"),
     }
     _atomic_write_json(data_dir / CLUSTER_FILE, doc)
@@ -621,7 +623,11 @@ class Coordinator:
         if op == "job" and len(request) == 3:
             doc = self.runner.job_doc(request[2])
             if doc is None:
-                return protocol.ERROR, f"no job {request[2]!r:.80} on node {self.node_id} (jobs live in the coordinator that ran them, until it restarts)"
+                return (
+                    protocol.ERROR,
+                    f"no job {request[2]!r:.80} on node {self.node_id}"
+                    " (jobs live in the coordinator that ran them, until it restarts)",
+                )
             return protocol.OK, doc
         if op == "jobs":
             return protocol.OK, self.runner.list_docs()
@@ -1015,7 +1021,7 @@ class Coordinator:
                 raise
             rest = eg.split((trio.BrokenResourceError, trio.ClosedResourceError, OSError))[1]
             if rest is not None:
-                raise rest
+                raise rest from None  # the broken pipes are handled here; only the rest goes on
             _log.warning("worker %d: control pipe broke", w.index)
         finally:
             w.up = False
@@ -1277,7 +1283,10 @@ def _check_worker_ports(o: NodeOptions) -> None:
 
     family = socket.AF_INET6 if ":" in o.listen_host else socket.AF_INET
     for i in range(o.workers):
-        for what, port in (("Raft", worker_raft_port(o.listen_port, i)), ("client", worker_client_port(o.listen_port, i))):
+        for what, port in (
+            ("Raft", worker_raft_port(o.listen_port, i)),
+            ("client", worker_client_port(o.listen_port, i)),
+        ):
             s = socket.socket(family, socket.SOCK_STREAM)
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

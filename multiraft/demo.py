@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from multiraft.client import ClientError, Timeout, open_client
-from multiraft.localcluster import LocalCluster
+from multiraft.localcluster import ProcessCluster
 
 __all__ = ["main_from_args", "Workload", "percentile"]
 
@@ -41,7 +41,7 @@ def percentile(values: list[float], q: float) -> float:
     return s[k]
 
 
-class Progress:
+class ProgressBar:
     """A plain-text progress bar: redraws with \\r on a terminal, prints a line
     every couple of seconds otherwise."""
 
@@ -141,7 +141,7 @@ class Workload:
         """Run for `seconds` (plus however long `during` takes, if given)."""
         stop = trio.Event()
         ops0, err0, lat0 = self.ops, self.errors, len(self.latencies)
-        progress = Progress(label, seconds)
+        progress = ProgressBar(label, seconds)
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for i in range(self.tasks):
@@ -210,7 +210,7 @@ async def run_demo(args: argparse.Namespace, base_dir: str) -> int:
     from multiraft.admin_cli import format_status
 
     t_start = time.perf_counter()
-    cluster = LocalCluster(base_dir, nodes=3, workers=args.workers, groups=args.groups, tick_ms=50,
+    cluster = ProcessCluster(base_dir, nodes=3, workers=args.workers, groups=args.groups, tick_ms=50,
                            election_tick=10, heartbeat_tick=2, poll_interval_ms=300, redis=True)
     nodes = list(cluster.nodes)
     _say(f"Starting 3 nodes x {args.workers} workers, {args.groups} groups x 3 replicas, in {base_dir}")

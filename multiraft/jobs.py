@@ -36,12 +36,13 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from multiraft import protocol
-from multiraft.client import Connection, ConnectionLost, coordinator_request, open_connection, ClientError
+from multiraft.client import ClientError, Connection, ConnectionLost, coordinator_request, open_connection
 from multiraft.placement import (
     ClusterState,
     DropReplica,
@@ -156,7 +157,7 @@ def parse_job_request(command: Any, args: Any) -> dict:
 class JobRunner:
     """The jobs of one coordinator (see the module docstring)."""
 
-    def __init__(self, coordinator: "Coordinator") -> None:
+    def __init__(self, coordinator: Coordinator) -> None:
         self.coord = coordinator
         self.jobs: dict[str, Job] = {}
         self.locks: dict[int, Job] = {}
@@ -401,7 +402,7 @@ class JobRunner:
             info = (table.get("groups") or {}).get(g) or {}
             answers: dict[str, tuple[str, Any]] = {}
 
-            async def ask(node: str) -> None:
+            async def ask(node: str, answers: dict[str, tuple[str, Any]] = answers) -> None:
                 answers[node] = await self.worker_call(g, node, ["group_status", g])
 
             async with trio.open_nursery() as nursery:  # every replica at once
@@ -479,7 +480,9 @@ class JobRunner:
             if done(st) and not st.get("voters_outgoing"):
                 return st
             if trio.current_time() >= deadline:
-                raise JobError(f"group {g}: the change did not complete in {CHANGE_TIMEOUT_S:.0f}s (config now {_conf(st)})")
+                raise JobError(
+                    f"group {g}: the change did not complete in {CHANGE_TIMEOUT_S:.0f}s (config now {_conf(st)})"
+                )
             if st.get("voters_outgoing"):
                 await trio.sleep(POLL_S)  # leaving a joint config: the core does it
                 continue

@@ -123,6 +123,7 @@ import bisect
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from itertools import pairwise
 
 import attrs
 
@@ -1351,7 +1352,7 @@ class KVStateMachine:
         assert self._removed <= sorted_set
         assert not (self._added & sorted_set)
         assert (sorted_set - self._removed) | self._added == self._data.keys()
-        assert all(a < b for a, b in zip(self._sorted, self._sorted[1:]))
+        assert all(a < b for a, b in pairwise(self._sorted))
 
     # --- internals ---
 

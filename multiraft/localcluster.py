@@ -23,7 +23,7 @@ import trio
 import multiraft
 from multiraft.nodeconfig import CLIENT_PORT_OFFSET, RAFT_PORT_OFFSET
 
-__all__ = ["LocalCluster", "LocalNode", "free_base_ports", "REDIS_PORT_OFFSET"]
+__all__ = ["REDIS_PORT_OFFSET", "LocalNode", "ProcessCluster", "free_base_ports"]
 
 # With redis=True, node P serves RESP on P+50: the one port of its range
 # P..P+99 that neither its Raft (P+1+i) nor its client (P+51+i) ports use.
@@ -89,7 +89,7 @@ def group_members(pgid: int) -> list[int]:
 
 
 class LocalNode:
-    def __init__(self, cluster: "LocalCluster", node_id: str, port: int) -> None:
+    def __init__(self, cluster: ProcessCluster, node_id: str, port: int) -> None:
         self.cluster = cluster
         self.node_id = node_id
         self.port = port
@@ -99,7 +99,7 @@ class LocalNode:
         self.log_path = cluster.base_dir / f"{node_id}.log"
         self.process: subprocess.Popen | None = None
         self.starts = 0
-        self.join: str | None = None  # HOST:PORT it joined through (LocalCluster.join_node)
+        self.join: str | None = None  # HOST:PORT it joined through (ProcessCluster.join_node)
 
     def argv(self) -> list[str]:
         c = self.cluster
@@ -205,7 +205,10 @@ class LocalNode:
             return ""
 
 
-class LocalCluster:
+class ProcessCluster:
+    """Real node processes on loopback (workers.testing.InProcessCluster is the
+    in-process kind: Workers in one trio run, for unit tests)."""
+
     def __init__(
         self,
         base_dir: str | os.PathLike,
@@ -286,7 +289,7 @@ class LocalCluster:
     def any_process_left(self) -> bool:
         return any(n.group_alive() for n in self.nodes.values())
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> ProcessCluster:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -300,7 +303,9 @@ class LocalCluster:
         return await coordinator_request(self.addresses_of_running() or self.addresses, ["cluster_status"],
                                          timeout_s=timeout_s)
 
-    async def wait_for(self, predicate, *, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition") -> dict:
+    async def wait_for(
+        self, predicate, *, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition"
+    ) -> dict:
         """Poll cluster_status until predicate(status) is true; return it.
         Raises TimeoutError with the last status summary."""
         from multiraft.client import ClientError

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,7 @@ class RawOptions:
     # HOST:PORT: serve the Redis protocol there (multiraft.resp, a child process).
     redis: str | None = _opt()
 
-    def merged_over(self, base: "RawOptions") -> "RawOptions":
+    def merged_over(self, base: RawOptions) -> RawOptions:
         """self's set values over base's."""
         values = {}
         for field in attrs.fields(RawOptions):
@@ -362,7 +363,10 @@ def resolve(raw: RawOptions, stored: dict | None = None, *, cwd: Path | None = N
             raise ConfigError("this node joined its cluster (--join): --peers does not apply to it")
         bootstrap = {n: parse_address(a) for n, a in stored["cluster"]["nodes"].items()}
         peers = dict(sorted({**bootstrap, node_id: parse_address(stored["joined"]["address"])}.items()))
-        stored = {**stored, "cluster": {**stored["cluster"], "nodes": {n: format_address(h, p) for n, (h, p) in peers.items()}}}
+        stored = {
+            **stored,
+            "cluster": {**stored["cluster"], "nodes": {n: format_address(h, p) for n, (h, p) in peers.items()}},
+        }
     if stored is not None:
         if node_id != stored["node_id"]:
             raise ConfigError(
@@ -415,7 +419,7 @@ def resolve(raw: RawOptions, stored: dict | None = None, *, cwd: Path | None = N
         by_host.setdefault(h, []).append((p, n))
     for h, ports in by_host.items():
         ports.sort()
-        for (p1, n1), (p2, n2) in zip(ports, ports[1:]):
+        for (p1, n1), (p2, n2) in pairwise(ports):
             if p2 - p1 < PORTS_PER_NODE:
                 raise ConfigError(
                     f"nodes {n1} and {n2} on {h} are {p2 - p1} ports apart: a node uses "

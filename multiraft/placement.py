@@ -135,7 +135,7 @@ class Placement:
     @classmethod
     def plan(
         cls, node_id: str, node_ids: Iterable[str], groups: int, replicas: int, workers: int
-    ) -> "Placement":
+    ) -> Placement:
         full = group_replicas(node_ids, groups, replicas)
         if node_id not in {n for ns in full.values() for n in ns} and node_id not in set(node_ids):
             raise PlacementError(f"node {node_id} is not in the cluster")
@@ -161,7 +161,7 @@ class Placement:
         loads = self.worker_loads()
         return loads.index(min(loads))
 
-    def with_group(self, g: int, worker: int, voters: Sequence[str] = (), replica: str | None = None) -> "Placement":
+    def with_group(self, g: int, worker: int, voters: Sequence[str] = (), replica: str | None = None) -> Placement:
         """This placement with group g on `worker` as replica `replica` (by
         default the one already placed, else a new id past the tombstone). A
         replica added by a membership change has no initial voters: it starts
@@ -178,7 +178,7 @@ class Placement:
         gr[g] = replica
         return attrs.evolve(self, group_worker=gw, group_voters=gv, group_replica=gr)
 
-    def without_group(self, g: int) -> "Placement":
+    def without_group(self, g: int) -> Placement:
         """This placement with g's replica deleted here: its id is retired."""
         gw = {k: v for k, v in self.group_worker.items() if k != g}
         gv = {k: v for k, v in self.group_voters.items() if k != g}
@@ -210,7 +210,7 @@ class Placement:
         }
 
     @classmethod
-    def from_plain(cls, doc: Any) -> "Placement":
+    def from_plain(cls, doc: Any) -> Placement:
         try:
             fmt = doc["format"]
             if fmt not in (1, PLACEMENT_FORMAT):
@@ -601,7 +601,7 @@ class ClusterState:
         loads = self.worker_loads(node)
         return loads.index(min(loads)) if loads else 0
 
-    def with_group(self, gs: GroupState) -> "ClusterState":
+    def with_group(self, gs: GroupState) -> ClusterState:
         groups = dict(self.groups)
         groups[gs.id] = gs
         return attrs.evolve(self, groups=groups)

@@ -8,7 +8,8 @@ records of the log), so that every engine applies the same rules.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import attrs
 
@@ -103,7 +104,7 @@ def check_entries(g: int, ents, base: int, base_term: int, last: int, last_term:
         t0, first, ty, d = check_entry(g, ents[0], base, base_term, last, last_term, view)
         return first, 1, (t0,), (ty,), (d,)
     try:
-        terms, idxs, types, datas = zip(*ents)
+        terms, idxs, types, datas = zip(*ents, strict=True)
     except (TypeError, ValueError):
         raise InvalidWriteError(f"group {g}: entries must be Entry(term, index, type, data)") from None
     first = idxs[0]

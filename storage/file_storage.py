@@ -17,7 +17,8 @@ belongs to one node (node_id) and is keyed by group id.
 from __future__ import annotations
 
 import functools
-from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 from multiraft.raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 
@@ -72,7 +73,7 @@ class FileStorage:
         *,
         node_id: str = "local",
         run_sync: RunSync | None = None,
-    ) -> "FileStorage":
+    ) -> FileStorage:
         """Open (and recover) on a worker thread: recovery reads the whole log."""
         make = functools.partial(cls, options, node_id=node_id, run_sync=run_sync)
         if run_sync is None:
@@ -234,7 +235,7 @@ class FileStorage:
     async def close(self) -> None:
         await self._call(self.log.close)
 
-    async def __aenter__(self) -> "FileStorage":
+    async def __aenter__(self) -> FileStorage:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -8,6 +8,8 @@ state. An engine provides `_lock`, `_check_open()` and `_group_states()`.
 
 from __future__ import annotations
 
+import threading
+
 from multiraft.raft.types import ConfState, HardState
 
 from .batch import EMPTY_GROUP
@@ -15,7 +17,12 @@ from .errors import LogCompactedError, LogUnavailableError
 
 
 class GroupReads:
+    _lock: threading.Lock | threading.RLock  # provided by the engine
+
     def _group_states(self) -> dict:  # pragma: no cover - provided by the engine
+        raise NotImplementedError
+
+    def _check_open(self) -> None:  # pragma: no cover - provided by the engine
         raise NotImplementedError
 
     def _group(self, group: int):

@@ -6,7 +6,9 @@ groups, stats, close) and of SnapshotStore (begin_snapshot, save_snapshot,
 save_snapshot_chunks, load_snapshot, load_snapshot_meta, snapshot_info,
 open_snapshot_reader, iter_snapshot_chunks, delete_snapshot,
 snapshot_groups), with the same validation (storage.batch) and semantics.
-The simulator and unit tests use it in place of the files.
+Unit tests (tests/test_storage_*.py) use it in place of the files, and
+FileStorage can run over it; the simulator does not (yet): it models its
+disk in multiraft/sim/disk.py.
 
 Faults, all driven by one seeded random.Random:
 - crash(): every write not yet synced is lost (a write with sync, or sync(),
@@ -14,7 +16,7 @@ Faults, all driven by one seeded random.Random:
   unsynced records survives instead (cut at a record boundary, as the file
   log's recovery cuts a torn tail).
 - sync_delay: each sync sleeps sync_delay * uniform(0.5, 1.5) seconds through
-  the injectable `sleep` (a simulator passes one that advances its clock).
+  the injectable `sleep` (a caller on a virtual clock passes one that advances it).
 Snapshots are durable once committed; a writer not committed at a crash is lost.
 """
 
@@ -25,7 +27,7 @@ import io
 import random
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from multiraft.raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 
@@ -41,7 +43,6 @@ from .batch import (
     GroupWrite,
     plan_group_write,
 )
-from .group_reads import GroupReads
 from .errors import (
     InvalidWriteError,
     LogCompactedError,
@@ -49,6 +50,7 @@ from .errors import (
     SnapshotError,
     StorageClosedError,
 )
+from .group_reads import GroupReads
 
 
 class _MemGroup:
@@ -77,7 +79,7 @@ class _MemGroup:
             raise LogUnavailableError(self.group, i, self.last_index)
         return self.entries[i - self.base_index - 1].term
 
-    def copy(self) -> "_MemGroup":
+    def copy(self) -> _MemGroup:
         g = _MemGroup(self.group)
         g.base_index, g.base_term, g.hs, g.cs = self.base_index, self.base_term, self.hs, self.cs
         g.entries = list(self.entries)
@@ -115,7 +117,7 @@ def _apply(groups: dict[int, _MemGroup], group: int, op: tuple) -> None:
 
 
 class _MemSnapshotWriter:
-    def __init__(self, store: "MemoryStorage", group: int, meta: SnapshotMeta) -> None:
+    def __init__(self, store: MemoryStorage, group: int, meta: SnapshotMeta) -> None:
         self._store = store
         self.group = group
         self.meta = meta
@@ -187,7 +189,7 @@ class MemoryStorage(GroupReads):
         self._snapshots: dict[int, Snapshot] = {}
         self._epoch = 0
         self._closed = False
-        self._st = collections.Counter()
+        self._st: collections.Counter[str] = collections.Counter()
 
     # -- faults ----------------------------------------------------------------
 
@@ -346,7 +348,7 @@ class MemoryStorage(GroupReads):
         with self._lock:
             return sorted(self._snapshots)
 
-    def __enter__(self) -> "MemoryStorage":
+    def __enter__(self) -> MemoryStorage:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -55,7 +55,7 @@ class FileStorageOptions:
     snapshot_chunk_size: int = attrs.field(default=1 * MiB, validator=_positive)
 
     @classmethod
-    def with_base_dir(cls, base_dir: str | os.PathLike, **kwargs) -> "FileStorageOptions":
+    def with_base_dir(cls, base_dir: str | os.PathLike, **kwargs) -> FileStorageOptions:
         return cls(base_dir=Path(base_dir), **kwargs)
 
     def log_dir(self) -> Path:

@@ -25,7 +25,7 @@ import functools
 import json
 import struct
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from multiraft.raft.types import ConfState, Entry, HardState
 
@@ -215,7 +215,8 @@ def describe_record(rtype: int, body) -> str:
             first, n = entries_head(body)
             _, ents = decode_entries(body)
             terms = sorted({e.term for e in ents})
-            return f"ENTRIES {first}..{first + n - 1} ({n} entries, terms {terms}, {sum(len(e.data) for e in ents)} data bytes)"
+            data_bytes = sum(len(e.data) for e in ents)
+            return f"ENTRIES {first}..{first + n - 1} ({n} entries, terms {terms}, {data_bytes} data bytes)"
         if rtype == RecordType.HARD_STATE:
             hs = decode_hard_state(body)
             return f"HARD_STATE term={hs.term} vote={hs.vote!r} commit={hs.commit}"
@@ -224,9 +225,9 @@ def describe_record(rtype: int, body) -> str:
         if rtype == RecordType.TRUNCATE:
             return f"TRUNCATE from {INDEX_BODY.unpack_from(body, 0)[0]}"
         if rtype == RecordType.COMPACT:
-            return "COMPACT to (index=%d, term=%d)" % INDEX_TERM_BODY.unpack_from(body, 0)
+            return "COMPACT to (index={}, term={})".format(*INDEX_TERM_BODY.unpack_from(body, 0))
         if rtype == RecordType.RESET:
-            return "RESET to (index=%d, term=%d)" % INDEX_TERM_BODY.unpack_from(body, 0)
+            return "RESET to (index={}, term={})".format(*INDEX_TERM_BODY.unpack_from(body, 0))
         if rtype == RecordType.DROP:
             return "DROP group"
     except (ValueError, struct.error, UnicodeDecodeError) as exc:

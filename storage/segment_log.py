@@ -36,7 +36,8 @@ import threading
 import time
 import zlib
 from array import array
-from typing import Sequence
+from collections.abc import Sequence
+from itertools import pairwise
 
 from multiraft.raft.types import ConfState, Entry, HardState
 
@@ -414,7 +415,7 @@ class _Group:
         assert len(ext) == 4 * n
         assert all(c > 0 for c in ext[0::4])
         assert list(ext[1::4]) == sorted(ext[1::4])
-        assert {lsn for lsn, t in zip(ext[1::4], ext[3::4]) if t < 0} == set(self.mixed)
+        assert {lsn for lsn, t in zip(ext[1::4], ext[3::4], strict=True) if t < 0} == set(self.mixed)
         if n:
             assert self.last_index == self.ext_first[-1] + ext[-4] - 1, self.group
             assert self.last_term == self._disk_term(self.last_index), self.group
@@ -565,7 +566,9 @@ class SegmentedLog(GroupReads):
             "bytes": scanned,
             "segments": len(found),
             "groups": len(self._groups),
-            "torn_tail": None if torn is None else {"segment": str(self._segments[torn[0]].path), "offset": torn[1], "reason": torn[2]},
+            "torn_tail": None
+            if torn is None
+            else {"segment": str(self._segments[torn[0]].path), "offset": torn[1], "reason": torn[2]},
         }
 
     def _scan(self, path, base: int, data: bytes, is_last: bool) -> int:
@@ -877,7 +880,7 @@ class SegmentedLog(GroupReads):
                         lcol = _u32s(n).pack(*lens)
                     if dl + ENTRY_TABLE_BYTES * n > MAX_ENTRIES_BODY:
                         # more than one record's worth: the general path splits it
-                        ops = [(OP_ENTRIES, first, ents, terms, types, datas)]
+                        ops: list[tuple] = [(OP_ENTRIES, first, ents, terms, types, datas)]
                         if hs is not None:
                             check_hard_state(g, hs)
                             ops.append((OP_HARD_STATE, hs))
@@ -957,8 +960,8 @@ class SegmentedLog(GroupReads):
             if kind == OP_ENTRIES:
                 _, first, ents, terms, types, datas = op
                 n = len(datas)
-                lens = list(map(len, datas)) if n > 1 else None
-                if n == 1 or sum(lens) + ENTRY_TABLE_BYTES * n <= MAX_ENTRIES_BODY:
+                lens = list(map(len, datas)) if n > 1 else None  # one entry: put_entries measures it
+                if lens is None or sum(lens) + ENTRY_TABLE_BYTES * n <= MAX_ENTRIES_BODY:
                     rec = bytearray()
                     ln = put_entries(rec, group, durable, first, terms, types, datas, lens)
                     out.append(rec)
@@ -982,7 +985,7 @@ class SegmentedLog(GroupReads):
             elif kind == OP_TRUNCATE:
                 put_record(buf, RecordType.TRUNCATE, group, durable, INDEX_BODY.pack(op[1]))
                 payload = op[1]
-            elif kind == OP_COMPACT or kind == OP_RESET:
+            elif kind in (OP_COMPACT, OP_RESET):
                 put_record(buf, kind, group, durable, INDEX_TERM_BODY.pack(op[1], op[2]))
                 payload = (op[1], op[2])
                 self._reclaim_hint = True
@@ -1231,7 +1234,7 @@ class SegmentedLog(GroupReads):
         last = st.last_index
         if last > st.base_index:
             ents = self._read(st, st.base_index + 1, last + 1, None)
-            terms, _idxs, types, datas = zip(*ents)
+            terms, _idxs, types, datas = zip(*ents, strict=True)
             ops.append((OP_ENTRIES, st.base_index + 1, ents, terms, types, datas))
         if st.cs is not None:
             ops.append((OP_CONF_STATE, st.cs))
@@ -1280,6 +1283,7 @@ class SegmentedLog(GroupReads):
                 raise LogUnavailableError(group, high - 1, last)
             if low >= high:
                 return []
+            assert st is not None  # an absent group has base 0 and last 0: the checks above answered
             return self._read(st, low, high, max_bytes)
 
     def _read(self, st: _Group, low: int, high: int, max_bytes: int | None) -> list[Entry]:
@@ -1380,7 +1384,7 @@ class SegmentedLog(GroupReads):
                     assert g not in self._pin_of and st.pin == -1, g
             assert set(self._pin_of) <= set(self._groups)
             assert self._bases == [s.base for s in self._segments]
-            for a, b in zip(self._segments, self._segments[1:]):
+            for a, b in pairwise(self._segments):
                 assert a.base + a.size == b.base
 
     # -- closing ---------------------------------------------------------------
@@ -1407,7 +1411,7 @@ class SegmentedLog(GroupReads):
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
-    def __enter__(self) -> "SegmentedLog":
+    def __enter__(self) -> SegmentedLog:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -20,8 +20,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from multiraft.raft.types import ConfState, Snapshot, SnapshotMeta
 
@@ -43,7 +43,7 @@ def _fsync_file(path: Path) -> None:
 class SnapshotWriter:
     """Streams one snapshot in: write(chunk)..., then commit() or abort()."""
 
-    def __init__(self, store: "SnapshotStore", group: int, meta: SnapshotMeta) -> None:
+    def __init__(self, store: SnapshotStore, group: int, meta: SnapshotMeta) -> None:
         self._store = store
         self.group = group
         self.meta = meta
@@ -52,12 +52,13 @@ class SnapshotWriter:
         if self._tmp.exists():
             shutil.rmtree(self._tmp)
         self._tmp.mkdir(parents=True)
-        self._file = open(self._tmp / "data.bin", "wb")
+        # noqa below: the file stays open across write() calls; finish()/abort() close it
+        self._file = open(self._tmp / "data.bin", "wb")  # noqa: SIM115
         self._sha = hashlib.sha256()
         self.size = 0
         self._done = False
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         if self._done:
             raise SnapshotError("snapshot writer already committed or aborted")
         self._file.write(chunk)
@@ -116,7 +117,7 @@ class SnapshotWriter:
         self._file.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> "SnapshotWriter":
+    def __enter__(self) -> SnapshotWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -137,7 +138,8 @@ class SnapshotReader:
         self.size = size
         self._expected = sha256
         self._verify = verify
-        self._file = open(path / "data.bin", "rb")
+        # noqa below: the file stays open across read() calls; close() closes it
+        self._file = open(path / "data.bin", "rb")  # noqa: SIM115
         self._sha = hashlib.sha256() if verify else None
         self._read = 0
         if not verify:
@@ -160,6 +162,7 @@ class SnapshotReader:
     def _finish(self) -> None:
         if self._read != self.size:
             raise SnapshotChecksumError(self.path, f"size {self.size}", f"size {self._read}")
+        assert self._sha is not None  # only a verifying reader finishes
         actual = self._sha.hexdigest()
         if actual != self._expected:
             raise SnapshotChecksumError(self.path, self._expected, actual)
@@ -167,7 +170,7 @@ class SnapshotReader:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "SnapshotReader":
+    def __enter__(self) -> SnapshotReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -222,7 +225,7 @@ class SnapshotStore:
     def save_snapshot(self, group: int, snapshot: Snapshot) -> None:
         self.save_snapshot_chunks(group, snapshot.meta, _chunked(snapshot.data, self.chunk_size))
 
-    def save_snapshot_chunks(self, group: int, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
+    def save_snapshot_chunks(self, group: int, meta: SnapshotMeta, chunks: Iterable[bytes | memoryview]) -> None:
         w = self.begin_snapshot(group, meta)
         try:
             for chunk in chunks:
@@ -320,7 +323,8 @@ class SnapshotStore:
         pass
 
 
-def _chunked(data: bytes, size: int) -> Iterator[bytes]:
+def _chunked(data: bytes, size: int) -> Iterator[memoryview]:
+    """Zero-copy slices of `data` (file writes and hashing take them as they are)."""
     mv = memoryview(data)
     for i in range(0, len(data), size):
         yield mv[i : i + size]

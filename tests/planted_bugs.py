@@ -11,7 +11,8 @@ new option drawn in `SimOptions.draw` shifts it, and then
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -78,13 +79,17 @@ class Pinned(NamedTuple):
 
 PINNED: dict[str, Pinned] = {
     "lease_in_ticks": Pinned(
-        plant_lease_in_ticks, "linearizab", (15,),
+        plant_lease_in_ticks,
+        "linearizab",
+        (15,),
         {"lease_reads": True, "check_quorum": True, "pause_rate": 0.002, "read_fraction": 0.5},
     ),
     "restart_without_finishing_the_round": Pinned(
         plant_restart_without_finishing_the_round, "LogDoesNotFollowSnapshot", (13, 17)
     ),
-    "restart_without_resetting_the_base": Pinned(plant_restart_without_resetting_the_base, "a gap in the log", (21, 29)),
+    "restart_without_resetting_the_base": Pinned(
+        plant_restart_without_resetting_the_base, "a gap in the log", (21, 29)
+    ),
     "reused_replica_ids": Pinned(plant_reused_replica_ids, "leader completeness", (49,)),
 }
 

@@ -10,7 +10,7 @@ import random
 
 from multiraft.raft.config import Config
 from multiraft.raft.state import RaftState
-from multiraft.raft.types import EntryType, Message, ReadState, Snapshot, HardState
+from multiraft.raft.types import EntryType, HardState, Message, ReadState
 
 
 class Net:

@@ -59,8 +59,16 @@ def setup_round(base_dir: str, kind: str = "install") -> None:
     log = SegmentedLog(opts)
     log.write(
         [
-            GroupWrite(SNAP_GROUP, entries=[Entry(1, i, 0, b"old%d" % i) for i in range(1, 13)], hard_state=HardState(1, "n1", 4)),
-            GroupWrite(OTHER_GROUP, entries=[Entry(1, i, 0, b"g2-%d" % i) for i in range(1, 4)], hard_state=HardState(1, None, 3)),
+            GroupWrite(
+                SNAP_GROUP,
+                entries=[Entry(1, i, 0, b"old%d" % i) for i in range(1, 13)],
+                hard_state=HardState(1, "n1", 4),
+            ),
+            GroupWrite(
+                OTHER_GROUP,
+                entries=[Entry(1, i, 0, b"g2-%d" % i) for i in range(1, 4)],
+                hard_state=HardState(1, None, 3),
+            ),
         ]
     )
     if kind == "install_empty":
@@ -94,7 +102,11 @@ def round_batch(kind: str):
         ws = [GroupWrite(SNAP_GROUP, compact_to=(meta.index, meta.term), hard_state=HardState(3, None, meta.index))]
     else:
         ws = [GroupWrite(SNAP_GROUP, compact_to=(meta.index, meta.term))]
-    ws.append(GroupWrite(OTHER_GROUP, entries=[Entry(2, i, 0, b"g2-%d" % i) for i in range(4, 7)], hard_state=HardState(2, None, 3)))
+    ws.append(
+        GroupWrite(
+            OTHER_GROUP, entries=[Entry(2, i, 0, b"g2-%d" % i) for i in range(4, 7)], hard_state=HardState(2, None, 3)
+        )
+    )
     return snap, ws
 
 

@@ -224,7 +224,7 @@ def test_rebalance_evens_out_workers_within_a_node() -> None:
     gs_list = {g: c.groups[g] for g in c.groups}
     from attrs import evolve
 
-    for g, gs in gs_list.items():  # everything on a's worker 0
+    for gs in gs_list.values():  # everything on a's worker 0
         c = c.with_group(evolve(gs, placed={**gs.placed, "a": 0}))
     steps = plan_rebalance(c)
     worker_moves = [s for s in steps if isinstance(s, WorkerMove)]
@@ -279,7 +279,13 @@ def test_cluster_state_from_the_admin_status() -> None:
     st = {"role": "leader", "leader": "n1", "term": 2, "commit": 7, "applied": 7, "last_index": 7,
           "voters": ["n1", "n2"], "learners": ["n3"], "voters_outgoing": [], "progress": {"n1": 7, "n2": 7, "n3": 4}}
     views = {
-        "n1": {"address": "h:1", "up": True, "workers": [{"up": True}, {"up": True}], "groups": {0: 1}, "status": {0: st}},
+        "n1": {
+            "address": "h:1",
+            "up": True,
+            "workers": [{"up": True}, {"up": True}],
+            "groups": {0: 1},
+            "status": {0: st},
+        },
         "n2": {"address": "h:2", "up": True, "workers": [{"up": True}], "groups": {0: 0}, "status": {}},
         "n3": {"address": "h:3", "up": False, "workers": [], "groups": None, "status": {}},
     }

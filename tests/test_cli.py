@@ -13,14 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FAKE_WORKER_ENV
 
 from multiraft import admin_cli, cli
-from multiraft.localcluster import LocalCluster, free_base_ports
+from multiraft.localcluster import ProcessCluster, free_base_ports
 from multiraft.nodeconfig import ConfigError, RawOptions, load_toml, parse_address, parse_peers, resolve
-
-ROOT = Path(__file__).resolve().parents[1]
-FAKE_WORKER = json.dumps([sys.executable, str(ROOT / "tests" / "fake_worker.py")])
-
 
 # --- option parsing ---
 
@@ -39,7 +36,9 @@ def test_three_node_options(tmp_path: Path) -> None:
     o = resolve(RawOptions(node_id="n2", peers="n3=127.0.0.1:7300, n1=127.0.0.1:7100,n2=127.0.0.1:7200"), cwd=tmp_path)
     assert list(o.peers) == ["n1", "n2", "n3"]
     assert (o.listen_port, o.replicas) == (7200, 3)
-    o2 = resolve(RawOptions(node_id="n2", listen="0.0.0.0:7200", peers="n1=10.0.0.1:7100,n2=10.0.0.2:7200"), cwd=tmp_path)
+    o2 = resolve(
+        RawOptions(node_id="n2", listen="0.0.0.0:7200", peers="n1=10.0.0.1:7100,n2=10.0.0.2:7200"), cwd=tmp_path
+    )
     assert o2.listen_host == "0.0.0.0" and o2.address == "10.0.0.2:7200"
     assert o2.worker_raft_url(1, advertised=False) == "tcp://0.0.0.0:7202"
 
@@ -167,7 +166,7 @@ def test_foreign_data_dir_is_refused(tmp_path: Path, capsys) -> None:
 @pytest.fixture(scope="module")
 def fake_node(tmp_path_factory):
     base = tmp_path_factory.mktemp("clinode")
-    cluster = LocalCluster(base, nodes=1, workers=2, groups=8, env={"MULTIRAFT_WORKER_ARGV": FAKE_WORKER})
+    cluster = ProcessCluster(base, nodes=1, workers=2, groups=8, env=FAKE_WORKER_ENV)
     cluster.start()
     import trio
 
@@ -183,6 +182,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "multiraft.cli", *args], capture_output=True, timeout=60, env=e)
 
 
+@pytest.mark.integration
 def test_put_get_del_through_the_cli(fake_node) -> None:
     cl = fake_node.addresses[0]
     assert _cli("put", "greeting", "hello", "--cluster", cl).returncode == 0
@@ -195,6 +195,7 @@ def test_put_get_del_through_the_cli(fake_node) -> None:
     assert r.returncode == 1 and b"not found" in r.stderr and r.stdout == b""
 
 
+@pytest.mark.integration
 def test_admin_status_table_and_json(fake_node, capsys) -> None:
     cl = fake_node.addresses[0]
     code, out, _ = _run(admin_cli.main, ["--cluster", cl, "status"], capsys)
@@ -206,6 +207,7 @@ def test_admin_status_table_and_json(fake_node, capsys) -> None:
     assert doc["groups"][0].keys() >= {"id", "leader", "term", "commit", "voters", "learners", "voters_outgoing"}
 
 
+@pytest.mark.integration
 def test_second_node_on_the_same_data_dir_is_refused(fake_node) -> None:
     n = fake_node.nodes["n1"]
     port = free_base_ports(1, 2)[0]
@@ -215,6 +217,7 @@ def test_second_node_on_the_same_data_dir_is_refused(fake_node) -> None:
     assert b"--peers differs" in r.stderr or b"in use" in r.stderr
 
 
+@pytest.mark.integration
 def test_restart_with_another_layout_is_refused(fake_node) -> None:
     n = fake_node.nodes["n1"]
     r = _cli("node", "--data-dir", str(n.data_dir), "--workers", "3")

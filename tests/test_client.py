@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 import trio
+from conftest import FAKE_WORKER_ENV
 
 from multiraft.client import ClusterUnavailable, SyncClient, Timeout, open_client
-from multiraft.localcluster import LocalCluster
+from multiraft.localcluster import ProcessCluster
 from multiraft.sharding import group_for_key
 
-ROOT = Path(__file__).resolve().parents[1]
-FAKE = {
-    "MULTIRAFT_WORKER_ARGV": json.dumps([sys.executable, str(ROOT / "tests" / "fake_worker.py")]),
-    "FAKE_WORKER_SILENT_KEY_PREFIX": "silent-",
-}
+FAKE = {**FAKE_WORKER_ENV, "FAKE_WORKER_SILENT_KEY_PREFIX": "silent-"}
 
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     # 2 nodes, replicas 2: each group is led by its first replica, the other
     # answers not_leader with a hint.
-    cluster = LocalCluster(tmp_path_factory.mktemp("client"), nodes=2, workers=2, groups=8, replicas=2,
+    cluster = ProcessCluster(tmp_path_factory.mktemp("client"), nodes=2, workers=2, groups=8, replicas=2,
                            poll_interval_ms=100, env=FAKE)
     cluster.start()
     trio.run(lambda: cluster.wait_healthy(timeout_s=30))
@@ -33,6 +28,7 @@ def nodes(tmp_path_factory):
     assert not cluster.any_process_left()
 
 
+@pytest.mark.integration
 async def test_put_get_delete_cas(nodes) -> None:
     async with open_client(nodes.addresses) as c:
         assert await c.get("absent") is None
@@ -50,6 +46,7 @@ async def test_put_get_delete_cas(nodes) -> None:
             await c.put(1, "x")
 
 
+@pytest.mark.integration
 async def test_many_requests_in_flight(nodes) -> None:
     async with open_client(nodes.addresses) as c:
         async with trio.open_nursery() as n:
@@ -71,6 +68,7 @@ async def test_many_requests_in_flight(nodes) -> None:
         assert len(c._conns) <= 4  # one pipelined connection per worker
 
 
+@pytest.mark.integration
 async def test_not_leader_hints_are_followed(nodes) -> None:
     async with open_client(nodes.addresses) as c:
         g = group_for_key(b"hinted", c.groups_total)
@@ -83,6 +81,7 @@ async def test_not_leader_hints_are_followed(nodes) -> None:
         assert c._leaders[g] == true_leader
 
 
+@pytest.mark.integration
 async def test_unknown_outcome_is_reported_as_such(nodes) -> None:
     async with open_client(nodes.addresses, attempt_timeout_s=0.3) as c:
         with pytest.raises(Timeout) as info:
@@ -99,6 +98,7 @@ async def test_unreachable_cluster() -> None:
             pass
 
 
+@pytest.mark.integration
 def test_sync_client(nodes) -> None:
     with SyncClient(nodes.addresses) as c:
         c.put("sync", "yes")
@@ -111,14 +111,15 @@ def test_sync_client(nodes) -> None:
         SyncClient(["127.0.0.1:1"], timeout_s=1)
 
 
+@pytest.mark.integration
 async def test_a_down_node_makes_its_groups_unavailable_not_others(tmp_path: Path) -> None:
-    cluster = LocalCluster(tmp_path, nodes=2, workers=1, groups=4, replicas=1, poll_interval_ms=100, env=FAKE)
+    cluster = ProcessCluster(tmp_path, nodes=2, workers=1, groups=4, replicas=1, poll_interval_ms=100, env=FAKE)
     cluster.start()
     try:
         await cluster.wait_healthy(timeout_s=30)
         async with open_client(cluster.addresses, timeout_s=2) as c:
             keys = {group_for_key(f"k{i}".encode(), 4): f"k{i}" for i in range(50)}
-            for g, k in keys.items():
+            for k in keys.values():
                 await c.put(k, "v")
             cluster.nodes["n2"].kill()
             on_n1 = [k for g, k in keys.items() if c.routing["groups"][g]["replicas"] == {"n1": 0}]

@@ -6,48 +6,21 @@ these tests do not depend on the real worker's Raft.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import trio
+from conftest import FAKE_WORKER_ENV, process_alive, wait_until
 
 from multiraft import protocol
 from multiraft.client import coordinator_request
 from multiraft.coordinator import load_stored, prepare_node
-from multiraft.localcluster import LocalCluster
+from multiraft.localcluster import ProcessCluster
 from multiraft.nodeconfig import ConfigError, RawOptions
-
-ROOT = Path(__file__).resolve().parents[1]
-FAKE = {"MULTIRAFT_WORKER_ARGV": json.dumps([sys.executable, str(ROOT / "tests" / "fake_worker.py")])}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-    return True
-
-
-async def _wait(predicate, timeout_s: float = 20.0):
-    with trio.fail_after(timeout_s):
-        while True:
-            value = await predicate()
-            if value:
-                return value
-            await trio.sleep(0.1)
-
 
 # --- the data directory ---
 
@@ -87,14 +60,17 @@ def test_placement_is_balanced_over_workers(tmp_path: Path) -> None:
 
 @pytest.fixture
 def two_nodes(tmp_path: Path):
-    cluster = LocalCluster(tmp_path, nodes=2, workers=2, groups=6, replicas=1, poll_interval_ms=100, env=FAKE)
+    cluster = ProcessCluster(
+        tmp_path, nodes=2, workers=2, groups=6, replicas=1, poll_interval_ms=100, env=FAKE_WORKER_ENV
+    )
     cluster.start()
     yield cluster
     cluster.stop()
     assert not cluster.any_process_left()
 
 
-async def test_routing_merges_peers_and_tracks_them(two_nodes: LocalCluster) -> None:
+@pytest.mark.integration
+async def test_routing_merges_peers_and_tracks_them(two_nodes: ProcessCluster) -> None:
     await two_nodes.wait_healthy(timeout_s=30)
     a1, a2 = two_nodes.addresses
     want_leaders = {g: ("n1" if g % 2 == 0 else "n2") for g in range(6)}
@@ -105,7 +81,7 @@ async def test_routing_merges_peers_and_tracks_them(two_nodes: LocalCluster) -> 
         t = await coordinator_request([a1], ["routing"])
         return {g: v["leader"] for g, v in t["groups"].items()} == want_leaders and t
 
-    table = await _wait(merged)
+    table = await wait_until(merged)
     assert set(table["nodes"]) == {"n1", "n2"}
     assert table["nodes"]["n2"]["workers"][1]["client_address"] == f"127.0.0.1:{two_nodes.nodes['n2'].port + 52}"
     assert {g: v["leader"] for g, v in table["groups"].items()} == want_leaders
@@ -119,12 +95,13 @@ async def test_routing_merges_peers_and_tracks_them(two_nodes: LocalCluster) -> 
         t = await coordinator_request([a1], ["routing"])
         return not t["nodes"]["n2"]["up"] and t["groups"][1]["leader"] is None
 
-    await _wait(n2_down)
+    await wait_until(n2_down)
     two_nodes.nodes["n2"].start()
     await two_nodes.wait_healthy(timeout_s=30)
 
 
-async def test_a_killed_worker_is_restarted(two_nodes: LocalCluster) -> None:
+@pytest.mark.integration
+async def test_a_killed_worker_is_restarted(two_nodes: ProcessCluster) -> None:
     await two_nodes.wait_healthy(timeout_s=30)
     a1 = two_nodes.addresses[0]
     st = await coordinator_request([a1], ["status"])
@@ -136,12 +113,13 @@ async def test_a_killed_worker_is_restarted(two_nodes: LocalCluster) -> None:
         w = s["workers"][1]
         return w["up"] and w["pid"] != old and w["restarts"] == 1 and s
 
-    s = await _wait(restarted)
+    s = await wait_until(restarted)
     assert s["workers"][0]["restarts"] == 0
     await two_nodes.wait_healthy(timeout_s=30)
 
 
-async def test_bad_requests_get_errors_and_garbage_is_dropped(two_nodes: LocalCluster) -> None:
+@pytest.mark.integration
+async def test_bad_requests_get_errors_and_garbage_is_dropped(two_nodes: ProcessCluster) -> None:
     await two_nodes.wait_healthy(timeout_s=30)
     a1 = two_nodes.addresses[0]
     stream = await trio.open_tcp_stream("127.0.0.1", two_nodes.nodes["n1"].port)
@@ -159,7 +137,8 @@ async def test_bad_requests_get_errors_and_garbage_is_dropped(two_nodes: LocalCl
     assert await coordinator_request([a1], ["ping"]) == "n1"
 
 
-async def test_hostile_frames_do_not_stop_the_coordinator(two_nodes: LocalCluster) -> None:
+@pytest.mark.integration
+async def test_hostile_frames_do_not_stop_the_coordinator(two_nodes: ProcessCluster) -> None:
     # [x, "ping"] with x a list holding itself (CBOR tags 28/29, 10 bytes): the
     # answer echoes x, whose encoding raised outside any handler and stopped
     # the node. Then a shared-reference DAG and a 20,000-bit integer.
@@ -194,9 +173,10 @@ def _node_pids(node) -> tuple[int, list[int]]:
     return node.process.pid, [p for p in pids if p != node.process.pid]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_signals_stop_everything_cleanly(tmp_path: Path, sig: int) -> None:
-    cluster = LocalCluster(tmp_path, nodes=1, workers=3, groups=6, env=FAKE)
+    cluster = ProcessCluster(tmp_path, nodes=1, workers=3, groups=6, env=FAKE_WORKER_ENV)
     cluster.start()
     try:
         await cluster.wait_healthy(timeout_s=30)
@@ -206,14 +186,15 @@ async def test_signals_stop_everything_cleanly(tmp_path: Path, sig: int) -> None
         node.process.send_signal(sig)
         assert node.wait_stopped(15), "did not stop by itself"
         assert node.process.returncode == 0
-        assert not any(_alive(p) for p in workers)
+        assert not any(process_alive(p) for p in workers)
         assert "stopped" in node.log_text()
     finally:
         cluster.stop()
 
 
+@pytest.mark.integration
 async def test_workers_exit_when_the_coordinator_is_killed(tmp_path: Path) -> None:
-    cluster = LocalCluster(tmp_path, nodes=1, workers=2, groups=4, env=FAKE)
+    cluster = ProcessCluster(tmp_path, nodes=1, workers=2, groups=4, env=FAKE_WORKER_ENV)
     cluster.start()
     try:
         await cluster.wait_healthy(timeout_s=30)
@@ -222,9 +203,9 @@ async def test_workers_exit_when_the_coordinator_is_killed(tmp_path: Path) -> No
         os.kill(coord, signal.SIGKILL)  # the coordinator alone, not its group
         node.process.wait()
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        while any(process_alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(_alive(p) for p in workers), "orphaned workers"
+        assert not any(process_alive(p) for p in workers), "orphaned workers"
         # the node restarts on the same data directory, same placement
         node.start()
         await cluster.wait_healthy(timeout_s=30)
@@ -232,8 +213,9 @@ async def test_workers_exit_when_the_coordinator_is_killed(tmp_path: Path) -> No
         cluster.stop()
 
 
+@pytest.mark.integration
 async def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
-    cluster = LocalCluster(tmp_path, nodes=1, workers=2, groups=4, env=FAKE)
+    cluster = ProcessCluster(tmp_path, nodes=1, workers=2, groups=4, env=FAKE_WORKER_ENV)
     node = cluster.nodes["n1"]
     s = socket.socket()
     s.bind(("127.0.0.1", node.port + 52))  # worker 1's client port

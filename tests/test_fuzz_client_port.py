@@ -7,9 +7,11 @@ self-referencing req_id)."""
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.integration
 
 
 def _tool():

@@ -19,22 +19,23 @@ import sys
 
 import pytest
 import trio
+from conftest import linux_only
 
 from multiraft import protocol
 from multiraft.client import ClientError, RequestError, coordinator_request, open_client
 from multiraft.lincheck import check_events
-from multiraft.localcluster import LocalCluster, caught_up, free_base_ports
+from multiraft.localcluster import ProcessCluster, caught_up, free_base_ports
 
 GROUPS = 6
 WORKERS = 2
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups and /proc")
+pytestmark = [pytest.mark.integration, linux_only]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     ports = free_base_ports(4, WORKERS)
-    c = LocalCluster(
+    c = ProcessCluster(
         tmp_path_factory.mktemp("admin"),
         nodes=3,
         workers=WORKERS,
@@ -60,7 +61,7 @@ def cluster(tmp_path_factory):
             n.kill()
 
 
-async def admin(cluster: LocalCluster, *args: str, via: str | None = None) -> tuple[int, str, str]:
+async def admin(cluster: ProcessCluster, *args: str, via: str | None = None) -> tuple[int, str, str]:
     addresses = via or ",".join(cluster.addresses_of_running())
     r = await trio.run_process(
         [sys.executable, "-m", "multiraft.admin_cli", "--cluster", addresses, *args],
@@ -69,7 +70,7 @@ async def admin(cluster: LocalCluster, *args: str, via: str | None = None) -> tu
     return r.returncode, r.stdout.decode(), r.stderr.decode()
 
 
-async def admin_ok(cluster: LocalCluster, *args: str) -> str:
+async def admin_ok(cluster: ProcessCluster, *args: str) -> str:
     code, out, err = await admin(cluster, *args)
     assert code == 0, f"multiraft-admin {' '.join(args)} exited {code}:\n{out}\n{err}"
     return out
@@ -185,7 +186,7 @@ WORKLOAD = Workload()
 # ---------------------------------------------------------------------------
 
 
-async def test_a_node_joins_empty(cluster: LocalCluster) -> None:
+async def test_a_node_joins_empty(cluster: ProcessCluster) -> None:
     await cluster.wait_healthy(timeout_s=60)
     cluster.join_node("n4", cluster.spare_ports[0], via=cluster.nodes["n2"].address)
 
@@ -217,7 +218,7 @@ async def test_a_node_joins_empty(cluster: LocalCluster) -> None:
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
 
 
-async def test_membership_changes_under_a_workload(cluster: LocalCluster) -> None:
+async def test_membership_changes_under_a_workload(cluster: ProcessCluster) -> None:
     async with open_client(cluster.addresses, timeout_s=30) as c:
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -287,7 +288,7 @@ async def test_membership_changes_under_a_workload(cluster: LocalCluster) -> Non
     assert result.ok, f"{result.verdict}: key {result.failed_key}"
 
 
-async def test_unsafe_changes_are_refused(cluster: LocalCluster) -> None:
+async def test_unsafe_changes_are_refused(cluster: ProcessCluster) -> None:
     st = await cluster.wait_for(settled, timeout_s=30, what="groups to settle")
     # one change at a time per group: a second request for the same group fails clearly
     n2 = [cluster.nodes["n2"].address]
@@ -343,7 +344,7 @@ class RawWorker:
         self.next_id = 1
 
     @classmethod
-    async def open(cls, cluster: LocalCluster, node: str, g: int) -> "RawWorker":
+    async def open(cls, cluster: ProcessCluster, node: str, g: int) -> RawWorker:
         st = await coordinator_request([cluster.nodes[node].address], ["status"])
         w = st["groups"][g]["worker"]
         host, port = st["workers"][w]["client_address"].rsplit(":", 1)
@@ -352,7 +353,7 @@ class RawWorker:
     async def requests(self, *bodies: list) -> list:
         ids = list(range(self.next_id, self.next_id + len(bodies)))
         self.next_id += len(bodies)
-        await self.stream.send_all(b"".join(protocol.encode([i, *b]) for i, b in zip(ids, bodies)))
+        await self.stream.send_all(b"".join(protocol.encode([i, *b]) for i, b in zip(ids, bodies, strict=True)))
         answers: dict = {}
         while len(answers) < len(ids):
             data = await self.stream.receive_some(1 << 16)
@@ -363,7 +364,7 @@ class RawWorker:
         return [answers[i] for i in ids]
 
 
-async def test_leader_killed_in_a_joint_change(cluster: LocalCluster) -> None:
+async def test_leader_killed_in_a_joint_change(cluster: ProcessCluster) -> None:
     """The admin proposes {+n1, -C} as one joint change and dies; the group's
     leader dies while the group is joint. The group leaves joint under its new
     leader, and rerunning the same command finishes the job."""
@@ -415,7 +416,7 @@ async def test_leader_killed_in_a_joint_change(cluster: LocalCluster) -> None:
     assert sorted(r["node"] for r in reps) == sorted([a, b, "n1"]), reps
 
 
-async def test_coordinator_killed_in_the_middle_of_a_move(cluster: LocalCluster) -> None:
+async def test_coordinator_killed_in_the_middle_of_a_move(cluster: ProcessCluster) -> None:
     """The coordinator running a move-replica dies (with its node, which held
     the replica being moved); rerunning the command elsewhere finishes it, and
     once the node is back, once more deletes its stale copy."""
@@ -446,7 +447,7 @@ async def test_coordinator_killed_in_the_middle_of_a_move(cluster: LocalCluster)
     assert sorted(r["node"] for r in group(st, g)["replicas"]) == sorted(group(st, g)["voters"])
 
 
-async def test_drain_and_retire_a_node(cluster: LocalCluster) -> None:
+async def test_drain_and_retire_a_node(cluster: ProcessCluster) -> None:
     await cluster.wait_healthy(timeout_s=60)
     await admin_ok(cluster, "drain", "n1")
     st = await cluster.wait_for(settled, timeout_s=30, what="groups to settle")
@@ -471,7 +472,7 @@ async def test_drain_and_retire_a_node(cluster: LocalCluster) -> None:
         assert await c.get("after-retire") == b"ok"
 
 
-async def test_rebalance_evens_out_the_workers_of_a_node(cluster: LocalCluster) -> None:
+async def test_rebalance_evens_out_the_workers_of_a_node(cluster: ProcessCluster) -> None:
     """Replicas moved between the workers of a node keep their Raft state."""
     n2 = [cluster.nodes["n2"].address]
     placed = (await coordinator_request(n2, ["placement"]))["groups"]  # {g: worker}
@@ -486,7 +487,7 @@ async def test_rebalance_evens_out_the_workers_of_a_node(cluster: LocalCluster) 
     placed = (await coordinator_request(n2, ["placement"]))["groups"]
     loads = [sum(1 for w in placed.values() if w == i) for i in range(WORKERS)]
     assert max(loads) - min(loads) <= 1, loads
-    st = await cluster.wait_for(agree, timeout_s=60, what="replicas to agree")
+    await cluster.wait_for(agree, timeout_s=60, what="replicas to agree")
     async with open_client(cluster.addresses_of_running(), timeout_s=20) as c:
         for key, value in sorted(WORKLOAD.acked.items())[:50]:
             assert await c.get(key) == value
@@ -500,6 +501,6 @@ async def test_help_explains_every_command() -> None:
         assert r.returncode == 0 and b"example" in r.stdout and b"usage:" in r.stdout, command
 
 
-async def test_clean_shutdown_leaves_no_process(cluster: LocalCluster) -> None:
+async def test_clean_shutdown_leaves_no_process(cluster: ProcessCluster) -> None:
     assert cluster.stop(timeout_s=20), "a node had to be SIGKILLed"
     assert not cluster.any_process_left()

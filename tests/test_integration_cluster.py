@@ -21,22 +21,23 @@ import cbor2
 import pynng
 import pytest
 import trio
+from conftest import linux_only
 
 from multiraft import wire
 from multiraft.client import ClientError, ClusterUnavailable, Timeout, coordinator_request, open_client
 from multiraft.lincheck import check_events
-from multiraft.localcluster import LocalCluster, caught_up
+from multiraft.localcluster import ProcessCluster, caught_up
 from multiraft.sharding import group_for_key
 
 GROUPS = 8
 SNAPSHOT_THRESHOLD = 100
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups and /proc")
+pytestmark = [pytest.mark.integration, linux_only]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(
+    c = ProcessCluster(
         tmp_path_factory.mktemp("cluster"),
         nodes=3,
         workers=2,
@@ -151,14 +152,14 @@ async def _check_acked(client) -> None:
         assert got == value, f"acknowledged write lost: {key!r} = {got!r}, expected {value!r}"
 
 
-async def _status_of(cluster: LocalCluster, node: str) -> dict:
+async def _status_of(cluster: ProcessCluster, node: str) -> dict:
     return await coordinator_request([cluster.nodes[node].address], ["status"])
 
 
 # ---------------------------------------------------------------------------
 
 
-async def test_every_group_elects_a_leader(cluster: LocalCluster) -> None:
+async def test_every_group_elects_a_leader(cluster: ProcessCluster) -> None:
     status = await cluster.wait_healthy(timeout_s=60)
     assert len(status["groups"]) == GROUPS
     for g in status["groups"]:
@@ -169,7 +170,7 @@ async def test_every_group_elects_a_leader(cluster: LocalCluster) -> None:
         assert n["up"] and len(n["workers"]) == 2 and all(w["up"] for w in n["workers"])
 
 
-async def test_puts_and_gets_through_the_client_and_the_cli(cluster: LocalCluster) -> None:
+async def test_puts_and_gets_through_the_client_and_the_cli(cluster: ProcessCluster) -> None:
     async with open_client(cluster.addresses) as c:
         for i in range(50):
             await c.put(f"basic-{i}", f"value-{i}")
@@ -215,7 +216,7 @@ def _replicas_identical(status: dict) -> bool:
     return True
 
 
-async def test_replicas_hold_identical_data(cluster: LocalCluster) -> None:
+async def test_replicas_hold_identical_data(cluster: ProcessCluster) -> None:
     await cluster.wait_caught_up(timeout_s=60)
     status = await cluster.wait_for(_replicas_identical, timeout_s=60, what="replicas to agree")
     for g in status["groups"]:
@@ -226,7 +227,7 @@ async def test_replicas_hold_identical_data(cluster: LocalCluster) -> None:
         assert len(keys) == 1, f"group {g['id']}: replicas hold different key counts {g['replicas']}"
 
 
-async def test_garbage_and_oversized_frames_are_dropped(cluster: LocalCluster) -> None:
+async def test_garbage_and_oversized_frames_are_dropped(cluster: ProcessCluster) -> None:
     node = cluster.nodes["n1"]
     before = await _status_of(cluster, "n1")
     pid = before["workers"][0]["pid"]
@@ -237,7 +238,8 @@ async def test_garbage_and_oversized_frames_are_dropped(cluster: LocalCluster) -
         with pynng.Push0(dial=url, block_on_dial=True, send_timeout=2000) as sock:
             sock.send(b"\x00garbage that is not cbor")
             sock.send(cbor2.dumps([99, "x/w0", "n1/w0", 1, []]))  # unknown version
-            sock.send(wire.seal_frame(cbor2.dumps([wire.FORMAT_VERSION, "n2/w0", "n1/w0", 1, [0, 1, 2]])))  # truncated RAFT payload
+            # a truncated RAFT payload
+            sock.send(wire.seal_frame(cbor2.dumps([wire.FORMAT_VERSION, "n2/w0", "n1/w0", 1, [0, 1, 2]])))
             sock.send(cbor2.dumps([1, "n2/w0", "n1/w0", 1, []]))  # the old version 1, no checksum
             sock.send(b"")  # an empty nng message (pynng cannot even recv it)
             sock.send(cbor2.dumps({"not": "a frame"}))
@@ -272,7 +274,7 @@ def _dropped(worker: dict) -> int:
                                      "frames_corrupted", "frames_misaddressed"))
 
 
-async def test_kill_worker_hosting_a_leader(cluster: LocalCluster) -> None:
+async def test_kill_worker_hosting_a_leader(cluster: ProcessCluster) -> None:
     status = await cluster.wait_healthy(timeout_s=60)
     g = next(g for g in status["groups"] if g["leader"])
     leader = g["leader"]
@@ -311,7 +313,7 @@ async def test_kill_worker_hosting_a_leader(cluster: LocalCluster) -> None:
     assert HISTORY.ok > 0
 
 
-async def test_a_stopped_leader_worker_never_answers_a_lease_read_with_the_old_value(cluster: LocalCluster) -> None:
+async def test_a_stopped_leader_worker_never_answers_a_lease_read_with_the_old_value(cluster: ProcessCluster) -> None:
     # SIGSTOP the worker process leading a group for longer than an election
     # timeout; the others elect and commit a new value; a lease read sent to
     # the stopped process waits in its socket; SIGCONT: its answer must never
@@ -354,7 +356,7 @@ async def test_a_stopped_leader_worker_never_answers_a_lease_read_with_the_old_v
     await cluster.wait_healthy(timeout_s=60)
 
 
-async def test_kill_node_and_catch_up_through_a_snapshot(cluster: LocalCluster) -> None:
+async def test_kill_node_and_catch_up_through_a_snapshot(cluster: ProcessCluster) -> None:
     await cluster.wait_healthy(timeout_s=60)
     victim = cluster.nodes["n3"]
     async with open_client(cluster.addresses, timeout_s=5) as c:
@@ -393,7 +395,7 @@ async def test_history_recorded_during_faults_is_linearizable() -> None:
     assert result.ok, f"{result.verdict}: key {result.failed_key}"
 
 
-async def test_clean_shutdown_leaves_no_process(cluster: LocalCluster) -> None:
+async def test_clean_shutdown_leaves_no_process(cluster: ProcessCluster) -> None:
     assert cluster.stop(timeout_s=20), "a node had to be SIGKILLed"
     assert not cluster.any_process_left()
     for node in cluster.nodes.values():

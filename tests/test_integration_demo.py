@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_clean() -> None:

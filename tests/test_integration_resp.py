@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,12 +25,13 @@ import pytest
 import trio
 
 redis = pytest.importorskip("redis", reason="redis-py is a test dependency: pip install -e '.[test]'")
+from conftest import linux_only  # noqa: E402
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
-from multiraft.localcluster import LocalCluster  # noqa: E402
+from multiraft.localcluster import ProcessCluster  # noqa: E402
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups and /proc")
+pytestmark = [pytest.mark.integration, linux_only]
 
 GROUPS = 8
 
@@ -40,7 +40,7 @@ def _port(address: str) -> int:
     return int(address.rpartition(":")[2])
 
 
-def connect(address: str, **kw) -> "redis.Redis":
+def connect(address: str, **kw) -> redis.Redis:
     kw.setdefault("socket_timeout", 10)
     kw.setdefault("retry", Retry(NoBackoff(), 0))  # see every error
     return redis.Redis(host="127.0.0.1", port=_port(address), **kw)
@@ -61,7 +61,7 @@ def wait_for_resp(address: str, timeout_s: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("resp"), nodes=3, workers=2, groups=GROUPS, tick_ms=50,
+    c = ProcessCluster(tmp_path_factory.mktemp("resp"), nodes=3, workers=2, groups=GROUPS, tick_ms=50,
                      election_tick=10, heartbeat_tick=2, poll_interval_ms=200, redis=True)
     c.start()
     try:
@@ -174,7 +174,7 @@ def test_errors_use_redis_texts_and_bad_input_closes_only_its_connection(cluster
     assert r.ping() is True
 
 
-def _resp_child_pid(cluster: LocalCluster, node: str) -> int | None:
+def _resp_child_pid(cluster: ProcessCluster, node: str) -> int | None:
     """The pid of the node's RESP process (a child of its coordinator)."""
     coordinator = cluster.nodes[node].process.pid
     for entry in Path("/proc").iterdir():
@@ -196,7 +196,7 @@ def test_the_coordinator_restarts_its_resp_process(cluster):
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while (new := _resp_child_pid(cluster, "n3")) in (None, pid):
+    while _resp_child_pid(cluster, "n3") in (None, pid):
         assert time.monotonic() < deadline, "the RESP process was not restarted"
         time.sleep(0.1)
     wait_for_resp(cluster.nodes["n3"].redis_address)
@@ -291,7 +291,7 @@ def test_leader_node_killed_mid_workload_loses_no_acknowledged_write(cluster):
     for i in range(0, len(items), 200):
         chunk = items[i : i + 200]
         got = check.mget([k for k, _ in chunk])
-        for (key, value), have in zip(chunk, got):
+        for (key, value), have in zip(chunk, got, strict=True):
             assert have == value, f"acknowledged write lost: {key!r} = {have!r}, expected {value!r}"
     # the node comes back with its RESP front-end
     cluster.nodes[victim].start()

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import multiraft.kv as kv_module
 import multiraft.statemachine as sm_module
@@ -742,7 +741,7 @@ def test_deleting_and_recreating_a_key_keeps_scan_correct():
 
 def test_snapshot_encoding_is_pinned():
     r = Replica()
-    a, b, c = r.register(), r.register(), r.register()
+    a, b, _c = r.register(), r.register(), r.register()
     r.run(Put(b"k", b"v", a, 1), Cas(b"j", None, b"w", b, 2))
     assert r.sm.snapshot() == b"".join(
         [
@@ -830,7 +829,7 @@ def test_snapshot_chunks_join_to_the_snapshot_and_restore_from_any_split(entries
     assert b"".join(chunks) == snap
     assert all(len(c) == size for c in chunks[:-1]) and 0 < len(chunks[-1]) <= size
     cuts = sorted(data.draw(st.lists(st.integers(0, len(snap)), max_size=8)))
-    pieces = [snap[i:j] for i, j in zip([0, *cuts], [*cuts, len(snap)])]
+    pieces = [snap[i:j] for i, j in zip([0, *cuts], [*cuts, len(snap)], strict=True)]
     fresh = KVStateMachine()
     fresh.restore_chunks(iter(pieces))
     assert fresh.snapshot() == snap

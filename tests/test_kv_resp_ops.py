@@ -4,8 +4,7 @@ Incr, Append, PutIf (writes, exactly once), ScanKeys and Count (reads)."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from multiraft import kv
 from workers.requests import BadRequest, ReadRequest, WriteRequest, parse_request, write_payload

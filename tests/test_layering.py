@@ -97,8 +97,7 @@ def _allowed(imported: str, allowed: set[str]) -> bool:
 
 def _modules():
     for top in ("multiraft", "storage", "workers"):
-        for path in sorted((ROOT / top).rglob("*.py")):
-            yield path
+        yield from sorted((ROOT / top).rglob("*.py"))
 
 
 def _rule_for(mod: str):

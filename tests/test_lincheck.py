@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from multiraft import lincheck
 from multiraft.lincheck import (
@@ -398,6 +397,7 @@ def test_cli_exits_3_for_a_malformed_history_or_bad_usage(tmp_path: Path) -> Non
     assert exc.value.code == 3
 
 
+@pytest.mark.integration
 def test_module_runs_as_a_script_without_io_frameworks(tmp_path: Path) -> None:
     # One interpreter for both claims: `python -m multiraft.lincheck` works,
     # and importing the checker pulls in none of trio / pynng / cbor2 (the
@@ -448,7 +448,7 @@ def _brute_force_linearizable(ops: list[Operation]) -> bool:
     for key in {op.key for op in ops}:
         mine = [op for op in ops if op.key == key]
 
-        def extend(placed: frozenset[int], state: Any) -> bool:
+        def extend(placed: frozenset[int], state: Any, mine: list[Operation] = mine) -> bool:
             if all(i in placed or op.unknown for i, op in enumerate(mine)):
                 return True
             for i, op in enumerate(mine):

@@ -80,10 +80,20 @@ def test_leader_is_taken_from_the_highest_term() -> None:
 
 def _views() -> dict:
     return {
-        "n1": {"address": "h:1", "up": True, "workers": [{"raft_url": "tcp://h:2", "client_address": "h:52", "up": True}],
-               "groups": {0: 0, 1: 0}, "status": {0: _st("leader", "n1", 2, 7), 1: _st("follower", "n2", 2, 3)}},
-        "n2": {"address": "h:101", "up": True, "workers": [{"raft_url": "tcp://h:102", "client_address": "h:152", "up": True}],
-               "groups": {0: 0, 1: 0}, "status": {0: _st("follower", "n1", 2, 6), 1: _st("leader", "n2", 2, 4)}},
+        "n1": {
+            "address": "h:1",
+            "up": True,
+            "workers": [{"raft_url": "tcp://h:2", "client_address": "h:52", "up": True}],
+            "groups": {0: 0, 1: 0},
+            "status": {0: _st("leader", "n1", 2, 7), 1: _st("follower", "n2", 2, 3)},
+        },
+        "n2": {
+            "address": "h:101",
+            "up": True,
+            "workers": [{"raft_url": "tcp://h:102", "client_address": "h:152", "up": True}],
+            "groups": {0: 0, 1: 0},
+            "status": {0: _st("follower", "n1", 2, 6), 1: _st("leader", "n2", 2, 4)},
+        },
         "n3": {"address": "h:201", "up": False, "workers": [], "groups": None, "status": {}},
     }
 
@@ -107,7 +117,11 @@ def test_merge_cluster_status_shape() -> None:
     g0 = doc["groups"][0]
     assert g0["leader"] == "n1" and g0["commit"] == 7 and g0["term"] == 2
     assert g0["voters"] == ["n1", "n2", "n3"] and g0["learners"] == [] and g0["voters_outgoing"] == []
-    assert [(r["node"], r["applied"], r["up"]) for r in g0["replicas"]] == [("n1", 7, True), ("n2", 6, True), ("n3", None, False)]
+    assert [(r["node"], r["applied"], r["up"]) for r in g0["replicas"]] == [
+        ("n1", 7, True),
+        ("n2", 6, True),
+        ("n3", None, False),
+    ]
 
 
 def test_merge_routing_names_later_incarnations_so_receivers_drop_retired_senders() -> None:

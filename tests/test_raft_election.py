@@ -4,11 +4,13 @@ leader stickiness (thesis §6.2, §4.2.3), and votes surviving restarts (§5.1).
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import pytest
+from raftnet import Net
 
-from multiraft.raft.config import Config
 from multiraft.raft.confchange import add_learner, add_voter, encode_conf_change
+from multiraft.raft.config import Config
 from multiraft.raft.state import TRANSFER_CONTEXT, RaftState
 from multiraft.raft.types import (
     Entry,
@@ -18,8 +20,6 @@ from multiraft.raft.types import (
     MessageType as MT,
     StateRole,
 )
-
-from raftnet import Net
 
 IDS = ["n1", "n2", "n3"]
 
@@ -83,7 +83,7 @@ def test_failed_campaign_retries_after_a_new_randomized_timeout_5_2():
             if any(m.type == MT.PRE_VOTE for m in msgs):
                 starts.append(t)
             assert node.term == 1  # nobody answers: pre-votes never raise the term
-        gaps.update(b - a for a, b in zip(starts, starts[1:]))
+        gaps.update(b - a for a, b in pairwise(starts))
     assert min(gaps) >= et and max(gaps) < 2 * et and len(gaps) > 1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from multiraft.raft.log import LogUnavailable, RaftLog
+from multiraft.raft.log import LogCompacted, RaftLog
 from multiraft.raft.progress import Inflights, Progress, ProgressState
 from multiraft.raft.types import ConfState, Entry, EntryType, Snapshot, SnapshotMeta
 
@@ -119,7 +119,7 @@ def test_slice_respects_size_limit_but_returns_at_least_one_entry():
     assert len(lg.slice(1, 6, 1)) == 1
     assert len(lg.slice(1, 6, 2 * 124)) == 2
     assert len(lg.slice(1, 6, 1 << 30)) == 5
-    with pytest.raises(LogUnavailable):
+    with pytest.raises(LogCompacted):
         log_of(1, snapshot=(3, 1)).slice(2, 4, 100)
 
 

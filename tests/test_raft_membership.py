@@ -5,6 +5,7 @@ changes and joint consensus (thesis §4.1, §4.3), removing the leader (thesis
 from __future__ import annotations
 
 import pytest
+from raftnet import Net
 
 from multiraft.raft.confchange import (
     LEAVE_JOINT,
@@ -18,8 +19,6 @@ from multiraft.raft.confchange import (
 )
 from multiraft.raft.errors import Busy, ConfChangeRejected, NotLeader, RaftError
 from multiraft.raft.types import EntryType, MessageType as MT, StateRole
-
-from raftnet import Net
 
 IDS = ["n1", "n2", "n3"]
 

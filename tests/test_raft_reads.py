@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import pytest
+from raftnet import Net
 
-from multiraft.raft.config import Config
 from multiraft.raft.confchange import add_learner
+from multiraft.raft.config import Config
 from multiraft.raft.errors import Busy, NotLeader
 from multiraft.raft.types import Message, MessageType as MT, ReadOnlyOption, ReadState, StateRole
-
-from raftnet import Net
 
 IDS = ["n1", "n2", "n3"]
 LEASE = dict(read_only=ReadOnlyOption.LEASE_BASED)
@@ -442,3 +441,16 @@ def test_config_rejects_a_non_positive_lease_duration():
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError):
             Config(id="a", lease_duration=bad)
+
+
+@pytest.mark.parametrize("context", [7, None])
+def test_a_read_index_response_without_a_bytes_context_is_dropped_as_malformed(context):
+    """A read id is bytes: a buggy peer's int or null context never becomes a ReadState."""
+    net = Net(IDS)
+    net.boot("n1")
+    n2 = net.nodes["n2"]
+    read_states(n2)
+    before = n2.counters["dropped_malformed"]
+    n2.step(Message(MT.READ_INDEX_RESPONSE, "n1", "n2", n2.term, index=n2.log.committed, context=context))
+    assert read_states(n2) == []
+    assert n2.counters["dropped_malformed"] == before + 1

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from raftnet import Net
 
 from multiraft.raft.types import MessageType as MT
@@ -56,6 +57,7 @@ def test_restart_skips_persisted_entries_the_snapshot_covers():
     restarted.check_invariants()
 
 
+@pytest.mark.integration
 def test_simulation_is_identical_under_different_string_hash_seeds():
     # Set iteration order depends on PYTHONHASHSEED; a replayed seed must not.
     outputs = []
@@ -65,7 +67,9 @@ def test_simulation_is_identical_under_different_string_hash_seeds():
             [sys.executable, "-m", "multiraft.sim", "--seeds", "3", "--first", "520"],
             capture_output=True, text=True, env=env, check=True,
         ).stdout
-        outputs.append([line.split(" in ")[1].split(", ", 1)[1] for line in out.splitlines() if line.startswith("seed ")])
+        outputs.append(
+            [line.split(" in ")[1].split(", ", 1)[1] for line in out.splitlines() if line.startswith("seed ")]
+        )
     assert outputs[0] == outputs[1]
 
 

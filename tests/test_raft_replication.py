@@ -5,6 +5,7 @@ the leader's no-op, delivery of committed entries, and the Ready contract
 from __future__ import annotations
 
 import pytest
+from raftnet import Net
 
 from multiraft.raft.errors import Busy, NotLeader, ProposalDropped
 from multiraft.raft.progress import ProgressState
@@ -16,8 +17,6 @@ from multiraft.raft.types import (
     MessageType as MT,
     StateRole,
 )
-
-from raftnet import Net
 
 IDS = ["n1", "n2", "n3"]
 ACKS = {

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+from raftnet import Net
+
 from multiraft.raft.types import (
     ConfState,
     Entry,
@@ -19,8 +21,6 @@ from multiraft.raft.types import (
     SnapshotMeta,
     StateRole,
 )
-
-from raftnet import Net
 
 IDS = ["n1", "n2", "n3"]
 

@@ -3,6 +3,8 @@ state (§5.1: term, vote and log survive; nothing committed is overwritten)."""
 
 from __future__ import annotations
 
+from raftnet import Net
+
 from multiraft.raft.confchange import add_learner
 from multiraft.raft.types import (
     HardState,
@@ -12,8 +14,6 @@ from multiraft.raft.types import (
     SnapshotMeta,
     StateRole,
 )
-
-from raftnet import Net
 
 IDS = ["n1", "n2", "n3"]
 

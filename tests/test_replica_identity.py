@@ -13,13 +13,12 @@ empty one") and commit a different entry at an index A already committed.
 from __future__ import annotations
 
 import pytest
+from raftnet import Net
 
 from multiraft.placement import Placement, PlacementError
 from multiraft.raft.confchange import ChangeKind, ConfChange, SingleChange, add_learner
 from multiraft.raft.types import HardState, StateRole
 from multiraft.replica import ReplicaIdError, incarnation_of, node_of, replica_id
-
-from raftnet import Net
 
 
 def _move_c_to_d_while_b_is_cut_off(readd_as: str) -> Net:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 import trio
+from resp_fake import MemoryBackend
 
 from multiraft.client import ClusterUnavailable, RequestError, Timeout, UnknownOutcome
 from multiraft.resp.protocol import OK, ErrorReply, Limits, ReplyParser, Status, encode_command
 from multiraft.resp.scan import CursorTable, compile_glob, literal_prefix
 from multiraft.resp.server import Server
-from resp_fake import MemoryBackend
 
 E_EXPIRY_START = "ERR key expiry (EX, PX, EXAT, PXAT, KEEPTTL, EXPIRE, SETEX, ...) is not supported"
 
@@ -28,7 +28,7 @@ class Raw:
         self.parser = ReplyParser()
 
     @classmethod
-    async def open(cls, address: str) -> "Raw":
+    async def open(cls, address: str) -> Raw:
         host, _, port = address.rpartition(":")
         return cls(await trio.open_tcp_stream(host, int(port)))
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from multiraft.resp.protocol import (
     NIL_ARRAY,
@@ -147,7 +146,11 @@ def test_a_big_bulk_is_not_reparsed_from_the_start():
         (None, b"$-1\r\n", b"_\r\n"),
         (NIL_ARRAY, b"*-1\r\n", b"_\r\n"),
         ([], b"*0\r\n", None),
-        ([b"a", None, 1, [OK]], b"*4\r\n$1\r\na\r\n$-1\r\n:1\r\n*1\r\n+OK\r\n", b"*4\r\n$1\r\na\r\n_\r\n:1\r\n*1\r\n+OK\r\n"),
+        (
+            [b"a", None, 1, [OK]],
+            b"*4\r\n$1\r\na\r\n$-1\r\n:1\r\n*1\r\n+OK\r\n",
+            b"*4\r\n$1\r\na\r\n_\r\n:1\r\n*1\r\n+OK\r\n",
+        ),
         (Map(proto=2), b"*2\r\n$5\r\nproto\r\n:2\r\n", b"%1\r\n$5\r\nproto\r\n:2\r\n"),
     ],
 )

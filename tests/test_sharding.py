@@ -5,8 +5,7 @@ from __future__ import annotations
 import collections
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from multiraft.sharding import KEY_HASH_NAME, group_for_key, key_hash
 

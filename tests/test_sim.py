@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from planted_bugs import PINNED, run_pinned_seed
 
 from multiraft.raft import state as raft_state
 from multiraft.raft.log import RaftLog
 from multiraft.raft.types import ReadState
 from multiraft.sim.__main__ import main as sim_main
 from multiraft.sim.run import REPORTED_COUNTERS, run_seed
-
-from planted_bugs import PINNED, run_pinned_seed
 
 SUITE_SEEDS = list(range(30))
 

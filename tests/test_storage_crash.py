@@ -213,6 +213,7 @@ def test_interrupted_segment_creation_is_repaired(tmp_path):
     log.close()
 
 
+@pytest.mark.integration
 def test_sigkill_loses_nothing_that_was_reported_synced(tmp_path):
     child = Path(__file__).with_name("storage_crash_child.py")
     rng = random.Random(20240607)
@@ -297,7 +298,9 @@ def _append_after(base, got: dict) -> None:
     try:
         for g, (_rec, raft) in got.items():
             nxt = raft.log.last_index() + 1
-            log.write([GroupWrite(g, entries=[Entry(raft.term, nxt, 0, b"next")], hard_state=HardState(raft.term, None, 0))])
+            log.write(
+                [GroupWrite(g, entries=[Entry(raft.term, nxt, 0, b"next")], hard_state=HardState(raft.term, None, 0))]
+            )
             assert log.last_index(g) == nxt
     finally:
         log.close()
@@ -340,6 +343,7 @@ def _crash_round(tmp_path, kind: str, point: str) -> Path:
     return base
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["install", "install_empty", "local"])
 def test_sigkill_at_every_point_of_a_snapshot_round_restarts_into_a_valid_state(tmp_path, kind):
     seen = {}
@@ -362,6 +366,7 @@ def test_sigkill_at_every_point_of_a_snapshot_round_restarts_into_a_valid_state(
         assert seen["after_snapshot_save"] == "after"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["install", "install_empty", "local"])
 def test_power_loss_keeping_any_prefix_of_the_unsynced_round_restarts_into_a_valid_state(tmp_path, kind):
     base = _crash_round(tmp_path, kind, "after_write")

@@ -121,6 +121,7 @@ async def test_inline_mode_and_memory_backend():
     assert (await s.load_snapshot(3)).data == b"x"
 
 
+@pytest.mark.integration
 def test_example_runs_clean(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "file_storage_example.py"), "--dir", str(tmp_path / "ex")],
@@ -133,6 +134,7 @@ def test_example_runs_clean(tmp_path):
     assert "everything came back" in out.stdout
 
 
+@pytest.mark.integration
 def test_logdump_runs(tmp_path):
     from storage import SegmentedLog
 

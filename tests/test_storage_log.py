@@ -363,6 +363,7 @@ def test_read_only_open_changes_nothing(tmp_path):
     assert path.stat().st_size == size
 
 
+@pytest.mark.integration
 def test_storage_does_not_import_trio():
     code = "import sys, storage; bad = {'trio', 'pynng', 'cbor2', 'workers'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))

@@ -127,7 +127,9 @@ class LogMachine(RuleBasedStateMachine):
         else:
             self.write([gw])
 
-    @rule(group=GROUPS, term=st.integers(0, 20), vote=st.sampled_from([None, "n1", "n2", "ñ"]), commit=st.integers(0, 50))
+    @rule(
+        group=GROUPS, term=st.integers(0, 20), vote=st.sampled_from([None, "n1", "n2", "ñ"]), commit=st.integers(0, 50)
+    )
     def hard_state(self, group, term, vote, commit):
         self.write([GroupWrite(group, hard_state=HardState(term, vote, commit))])
 
@@ -170,7 +172,11 @@ class SegmentedLogMachine(LogMachine):
     def open(self):
         self.dir = tempfile.mkdtemp(prefix="storage-model-")
         self.options = FileStorageOptions(
-            base_dir=self.dir, max_segment_size=700, rewrite_after_segments=2, cache_entries_size=3, min_free_disk_space=0
+            base_dir=self.dir,
+            max_segment_size=700,
+            rewrite_after_segments=2,
+            cache_entries_size=3,
+            min_free_disk_space=0,
         )
         return SegmentedLog(self.options)
 

@@ -6,8 +6,7 @@ import zlib
 
 import cbor2
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from multiraft import wire
 from multiraft.raft.types import (
@@ -22,11 +21,11 @@ from multiraft.wire import (
     FORMAT_VERSION,
     INT_MAX,
     Frame,
+    FrameCorrupt,
     FrameError,
     FrameKind,
     FrameMalformed,
     FrameOversized,
-    FrameCorrupt,
     FrameUnknownVersion,
     decode_frame,
     encode_frame,
@@ -356,7 +355,7 @@ def test_a_frame_with_a_correct_checksum_decodes_as_before():
         (3, SAMPLES[MessageType.SNAPSHOT]),
     ]
     assert frame.version == FORMAT_VERSION == 2
-    assert wire.SUPPORTED_VERSIONS == {2}
+    assert {2} == wire.SUPPORTED_VERSIONS
 
 
 def test_every_single_bit_flip_is_rejected_and_never_yields_messages():
@@ -659,7 +658,7 @@ def test_fuzz_byte_flips(items, data):
         pos = data.draw(st.integers(0, len(encoded) - 1))
         encoded[pos] = data.draw(st.integers(0, 255))
     result = decode_or_frame_error(bytes(encoded))
-    if sum(a != b for a, b in zip(original, encoded)) == 1:
+    if sum(a != b for a, b in zip(original, encoded, strict=True)) == 1:
         # One changed byte is an error burst of at most 8 bits: CRC-32 catches
         # every one, so the frame can only be rejected.
         assert isinstance(result, FrameError), result

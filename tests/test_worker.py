@@ -6,16 +6,13 @@ elections and timeouts happen in virtual time with no real sleeps."""
 from __future__ import annotations
 
 import trio
+from conftest import put
 
 from multiraft import protocol
 from multiraft.raft.types import StateRole
-from workers.testing import open_client, open_cluster
+from workers.testing import open_cluster
 
 BOUND = 120  # virtual seconds: generous upper bound for anything below
-
-
-async def put(client, group, key, value, cid=0, seq=0):
-    return await client.call("put", group, key, value, cid, seq)
 
 
 async def test_three_workers_elect_a_leader_and_replicate_puts(tmp_path, autojump_clock):
@@ -261,10 +258,9 @@ async def test_snapshots_compact_the_log_and_a_lagging_replica_catches_up(tmp_pa
                 assert status == "ok"
                 answers.append(await put(c, 0, b"k%03d" % i, b"v%d" % i, cid, 1))
 
-            async with cluster.client(leader) as c:
-                async with trio.open_nursery() as nursery:
-                    for i in range(200):
-                        nursery.start_soon(one, c, i)
+            async with cluster.client(leader) as c, trio.open_nursery() as nursery:
+                for i in range(200):
+                    nursery.start_soon(one, c, i)
             assert answers == [["ok", False]] * 200
             lw = cluster.workers[leader]
             assert lw.counters["snapshots_taken"] >= 3
@@ -385,7 +381,7 @@ async def test_a_lease_read_whose_lease_ran_out_before_its_answer_is_asked_again
     # The ReadState came with a lease that ended before the worker got to
     # answer it (a long apply batch, an fsync): it must not be answered on
     # that lease, but confirmed by a heartbeat round.
-    from multiraft.raft.types import Ready, ReadState
+    from multiraft.raft.types import ReadState, Ready
     from workers.group import Request
 
     with trio.fail_after(BOUND):

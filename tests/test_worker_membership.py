@@ -5,6 +5,7 @@ placement changes of the control pipe (add, remove, export, import a group)."""
 from __future__ import annotations
 
 import trio
+from conftest import group_status
 
 from multiraft.raft.types import StateRole
 from workers.testing import open_cluster
@@ -12,16 +13,10 @@ from workers.testing import open_cluster
 BOUND = 120
 
 
-async def _status(c, g=0):
-    status, st = await c.call("group_status", g)
-    assert status == "ok", st
-    return st
-
-
 async def _wait_conf(cluster, leader, predicate):
     async with cluster.client(leader) as c:
         while True:
-            st = await _status(c)
+            st = await group_status(c)
             if predicate(st):
                 return st
             await trio.sleep(0.05)
@@ -35,14 +30,18 @@ async def test_conf_change_remove_and_readd_a_replica(tmp_path, autojump_clock):
             async with cluster.client(leader) as c:
                 for i in range(30):
                     assert (await c.call("put", 0, b"k%d" % i, b"v", 0, 0))[0] == "ok"
-                st = await _status(c)
+                st = await group_status(c)
                 assert st["role"] == "leader" and set(st["progress"]) == {"n1", "n2", "n3"}
                 # malformed and refused requests
                 assert (await c.call("conf_change", 0, [["bogus", "n9"]], False))[0] == "error"
-                assert (await c.call("conf_change", 0, [["remove", "n1"], ["remove", "n2"], ["remove", "n3"]], True))[0] == "error"
+                assert (await c.call("conf_change", 0, [["remove", "n1"], ["remove", "n2"], ["remove", "n3"]], True))[
+                    0
+                ] == "error"
                 status, payload = await c.call("conf_change", 0, [["remove", other]], False)
                 assert status == "ok" and payload["index"] > 0
-            await _wait_conf(cluster, leader, lambda st: other not in st["voters"] and st["applied"] >= payload["index"])
+            await _wait_conf(
+                cluster, leader, lambda st: other not in st["voters"] and st["applied"] >= payload["index"]
+            )
             w = cluster.workers[other]
             result = await w.group_op("remove_group", 0)
             assert result["ok"] and result["existed"] and 0 not in w.groups
@@ -116,7 +115,7 @@ async def test_transfer_leader_and_group_status(tmp_path, autojump_clock):
             leader = await cluster.wait_leader(0)
             target = next(n for n in ("n1", "n2", "n3") if n != leader)
             async with cluster.client(target) as c:
-                st = await _status(c)
+                st = await group_status(c)
                 assert st["role"] == "follower" and "progress" not in st
                 assert await c.call("transfer_leader", 0, leader) == ["not_leader", leader]
                 assert (await c.call("group_status", 5))[0] == "no_group"

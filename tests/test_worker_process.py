@@ -10,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
+from conftest import ROOT
 
-from multiraft import protocol
 from workers.control import ControlPipe
 from workers.testing import open_client
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
 BOUND = 30  # seconds
 
 

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import trio
+from conftest import fill
 
 from storage.records import SEGMENT_HEADER_SIZE
 from workers.testing import open_cluster
@@ -20,19 +21,10 @@ def disk_image(d: Path) -> dict[str, bytes]:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != "LOCK"}
 
 
-async def _fill(cluster, groups, n=40):
-    for g in groups:
-        leader = await cluster.wait_leader(g)
-        async with cluster.client(leader) as c:
-            for i in range(n):
-                assert (await c.call("put", g, b"k%d" % i, b"v", 0, 0))[0] == "ok"
-        await cluster.wait_applied(g, cluster.workers[leader].groups[g].raft.log.applied)
-
-
 async def test_an_emptied_log_under_a_snapshot_fails_the_group_and_changes_nothing_on_disk(tmp_path, autojump_clock):
     with trio.fail_after(BOUND):
         async with open_cluster(tmp_path, snapshot_threshold_entries=10, compact_lag_entries=0) as cluster:
-            await _fill(cluster, [0])
+            await fill(cluster, [0])
             assert cluster.workers["n2"].groups[0].raft.snapshot is not None
             await cluster.stop("n2")
             d = tmp_path / "n2"
@@ -55,7 +47,7 @@ async def test_an_emptied_log_under_a_snapshot_fails_the_group_and_changes_nothi
 async def test_a_snapshot_older_than_the_logs_compaction_fails_only_that_group(tmp_path, autojump_clock):
     with trio.fail_after(BOUND):
         async with open_cluster(tmp_path, groups=2, snapshot_threshold_entries=10, compact_lag_entries=0) as cluster:
-            await _fill(cluster, [0, 1])
+            await fill(cluster, [0, 1])
             await cluster.stop("n2")
             d = tmp_path / "n2"
             snap_dirs = [p for p in d.rglob("0_n2") if p.is_dir()]
@@ -68,14 +60,20 @@ async def test_a_snapshot_older_than_the_logs_compaction_fails_only_that_group(t
             assert w.groups[1].failed is None
             async with cluster.client(await cluster.wait_leader(1)) as c:
                 assert (await c.call("put", 1, b"after", b"x", 0, 0))[0] == "ok"
-            await cluster.wait_applied(1, cluster.workers[cluster.leader_of(1)].groups[1].raft.log.applied, nodes=("n2",))
-            assert {k: v for k, v in disk_image(d).items() if "0_n2" in k} == {k: v for k, v in before.items() if "0_n2" in k}
+            await cluster.wait_applied(
+                1, cluster.workers[cluster.leader_of(1)].groups[1].raft.log.applied, nodes=("n2",)
+            )
+            assert {k: v for k, v in disk_image(d).items() if "0_n2" in k} == {
+                k: v for k, v in before.items() if "0_n2" in k
+            }
 
 
-async def test_importing_a_group_state_whose_log_does_not_follow_its_snapshot_is_refused_unwritten(tmp_path, autojump_clock):
+async def test_importing_a_group_state_whose_log_does_not_follow_its_snapshot_is_refused_unwritten(
+    tmp_path, autojump_clock
+):
     with trio.fail_after(BOUND):
         async with open_cluster(tmp_path) as cluster:
-            await _fill(cluster, [0], n=10)
+            await fill(cluster, [0], n=10)
             w = cluster.workers["n2"]
             exported = await w.group_op("export_group", 0)
             state = exported["state"]

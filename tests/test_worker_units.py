@@ -8,7 +8,7 @@ import trio
 
 from multiraft import kv, protocol
 from multiraft.raft.types import Message, MessageType
-from workers.config import ConfigError, Limits, WorkerConfig
+from workers.config import Limits, WorkerConfig, WorkerConfigError
 from workers.memtransport import MemNetwork
 from workers.requests import BadRequest, PingRequest, ReadRequest, WriteRequest, parse_request, write_payload
 from workers.worker import RoutingError, Worker
@@ -66,16 +66,16 @@ def test_config_defaults_and_round_trip():
     ],
 )
 def test_config_errors_are_one_clear_line(change, message):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(WorkerConfigError) as info:
         WorkerConfig.from_dict({**BASE, **change})
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_config_missing_keys_and_wrong_type():
-    with pytest.raises(ConfigError, match="missing config key.*groups_total"):
+    with pytest.raises(WorkerConfigError, match="missing config key.*groups_total"):
         WorkerConfig.from_dict({k: v for k, v in BASE.items() if k != "groups_total"})
-    with pytest.raises(ConfigError, match="must be a map"):
+    with pytest.raises(WorkerConfigError, match="must be a map"):
         WorkerConfig.from_dict(["n1"])
 
 

@@ -123,10 +123,10 @@ async def fuzz(targets: dict[str, str], frames: int, seed: int, hang_s: float) -
 
 async def fuzz_local(frames: int, seed: int, hang_s: float) -> dict:
     """Start a one-node cluster (real workers) in a temporary directory, fuzz it."""
-    from multiraft.localcluster import LocalCluster
+    from multiraft.localcluster import ProcessCluster
 
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = LocalCluster(Path(tmp), nodes=1, workers=1, groups=2, replicas=1)
+        cluster = ProcessCluster(Path(tmp), nodes=1, workers=1, groups=2, replicas=1)
         cluster.start()
         try:
             await cluster.wait_healthy(timeout_s=60)

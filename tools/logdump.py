@@ -43,14 +43,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no log directory in {base}", file=sys.stderr)
         return 2
 
-    segments = sorted((parse_segment_name(f.name), f) for f in log_dir.iterdir() if parse_segment_name(f.name) is not None)
+    segments = sorted(
+        (parse_segment_name(f.name), f) for f in log_dir.iterdir() if parse_segment_name(f.name) is not None
+    )
     print(f"log {log_dir}: {len(segments)} segment(s)")
     problems = 0
     for lsn, path in segments:
         data = path.read_bytes()
         hdr = check_segment_header(data)
         counts: collections.Counter = collections.Counter()
-        print(f"\n{path.name}: base LSN {lsn}, {len(data)} bytes" + ("" if hdr == lsn else f"  BAD HEADER (says {hdr})"))
+        print(
+            f"\n{path.name}: base LSN {lsn}, {len(data)} bytes" + ("" if hdr == lsn else f"  BAD HEADER (says {hdr})")
+        )
         shown = 0
         for off, rtype, group, durable, body in scan_records(data):
             if rtype is None:
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             counts[RecordType(rtype).name if rtype in RecordType._value2member_map_ else str(rtype)] += 1
             if args.records and (args.group is None or args.group == group):
                 if args.limit is None or shown < args.limit:
-                    print(f"  @{off:>10} lsn {lsn + off:>12} group {group:>6} durable {durable:>12}  {describe_record(rtype, body)}")
+                    where = f"  @{off:>10} lsn {lsn + off:>12} group {group:>6} durable {durable:>12}"
+                    print(f"{where}  {describe_record(rtype, body)}")
                     shown += 1
         print("  records: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
 
@@ -81,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             bi, bt = log.compacted_to(g)
             n = max(0, last - first + 1)
             rng = f"entries {first}..{last} ({n})" if n else "no entries"
+            cs = log.conf_state(g)
+            conf = None if cs is None else cs.to_plain()
             print(
                 f"group {g}: {rng}, base (index {bi}, term {bt}), last term {log.last_term(g)}, "
-                f"hard state {log.hard_state(g)}, conf {None if log.conf_state(g) is None else log.conf_state(g).to_plain()}"
+                f"hard state {log.hard_state(g)}, conf {conf}"
             )
     finally:
         log.close()

@@ -9,7 +9,7 @@
 See docs/worker.md.
 """
 
-from .config import ConfigError, Limits, WorkerConfig
+from .config import Limits, WorkerConfig, WorkerConfigError
 from .worker import RoutingError, Worker, WorkerError
 
-__all__ = ["ConfigError", "Limits", "RoutingError", "Worker", "WorkerConfig", "WorkerError"]
+__all__ = ["Limits", "RoutingError", "Worker", "WorkerConfig", "WorkerConfigError", "WorkerError"]

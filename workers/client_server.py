@@ -63,7 +63,7 @@ class Connection:
 
 
 class ClientServer:
-    def __init__(self, worker: "Worker", host: str, port: int) -> None:
+    def __init__(self, worker: Worker, host: str, port: int) -> None:
         self.worker = worker
         self.host = host
         self.port = port
@@ -95,7 +95,7 @@ class ClientServer:
             await trio.aclose_forcefully(stream)
             return
         try:
-            peer = "%s:%s" % stream.socket.getpeername()[:2]
+            peer = "{}:{}".format(*stream.socket.getpeername()[:2])
         except (OSError, TypeError):
             peer = "?"
         conn = Connection(stream, peer, counters)

@@ -2,7 +2,7 @@
 
 The coordinator sends ``["config", {...}]`` as the first frame on the worker's
 stdin (see multiraft.protocol, channel 3). ``WorkerConfig.from_dict`` checks it
-and raises ``ConfigError`` (one readable line) for anything wrong, including
+and raises ``WorkerConfigError`` (one readable line) for anything wrong, including
 unknown keys, so that a typo never passes silently.
 
 Keys (required ones first):
@@ -96,7 +96,7 @@ import attrs
 from multiraft.replica import ReplicaIdError, incarnation_of, node_of
 from storage.options import FileStorageOptions
 
-__all__ = ["ConfigError", "Limits", "WorkerConfig"]
+__all__ = ["Limits", "WorkerConfig", "WorkerConfigError"]
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,59}$")
 _STORAGE_KEYS = frozenset(
@@ -104,25 +104,25 @@ _STORAGE_KEYS = frozenset(
 )
 
 
-class ConfigError(ValueError):
+class WorkerConfigError(ValueError):
     """The worker configuration is invalid: the sender's (coordinator's) fault."""
 
 
 def _check_int(name: str, value: Any, minimum: int = 1) -> int:
     if type(value) is not int or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise WorkerConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
 
 
 def _check_bool(name: str, value: Any) -> bool:
     if type(value) is not bool:
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
+        raise WorkerConfigError(f"{name} must be true or false, got {value!r}")
     return value
 
 
 def _check_node_id(name: str, value: Any) -> str:
     if not isinstance(value, str) or not _NODE_ID.match(value):
-        raise ConfigError(
+        raise WorkerConfigError(
             f"{name} must be 1 to 60 letters, digits, '.', '_' or '-' "
             f"(not starting with a punctuation mark), got {value!r}"
         )
@@ -130,31 +130,31 @@ def _check_node_id(name: str, value: Any) -> str:
 
 
 def parse_host_port(name: str, value: Any) -> tuple[str, int]:
-    """'host:port' -> (host, port); ConfigError if malformed. Port 0 is allowed."""
+    """'host:port' -> (host, port); WorkerConfigError if malformed. Port 0 is allowed."""
     if not isinstance(value, str) or ":" not in value:
-        raise ConfigError(f"{name} must be 'host:port', got {value!r}")
+        raise WorkerConfigError(f"{name} must be 'host:port', got {value!r}")
     host, _, port_s = value.rpartition(":")
     host = host.strip("[]")
     if not host or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
-        raise ConfigError(f"{name} must be 'host:port' with a port in 0..65535, got {value!r}")
+        raise WorkerConfigError(f"{name} must be 'host:port' with a port in 0..65535, got {value!r}")
     return host, int(port_s)
 
 
 def _check_url(name: str, value: Any) -> str:
     if not isinstance(value, str) or "://" not in value:
-        raise ConfigError(f"{name} must be a URL such as tcp://127.0.0.1:7101, got {value!r}")
+        raise WorkerConfigError(f"{name} must be a URL such as tcp://127.0.0.1:7101, got {value!r}")
     scheme, _, rest = value.partition("://")
     if scheme == "tcp":
         parse_host_port(name, rest)
     elif scheme not in ("ipc", "inproc", "mem"):
-        raise ConfigError(f"{name}: unsupported scheme {scheme!r} (use tcp://host:port)")
+        raise WorkerConfigError(f"{name}: unsupported scheme {scheme!r} (use tcp://host:port)")
     return value
 
 
 def _reject_unknown(where: str, given: dict, known) -> None:
     unknown = sorted(str(k) for k in given if k not in known)
     if unknown:
-        raise ConfigError(
+        raise WorkerConfigError(
             f"unknown {where} key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
 
@@ -174,11 +174,11 @@ class Limits:
     transport_batch_messages_max: int = 256
 
     @classmethod
-    def from_dict(cls, d: Any) -> "Limits":
+    def from_dict(cls, d: Any) -> Limits:
         if d is None:
             return cls()
         if not isinstance(d, dict):
-            raise ConfigError(f"limits must be a map, got {type(d).__name__}")
+            raise WorkerConfigError(f"limits must be a map, got {type(d).__name__}")
         known = {f.name for f in attrs.fields(cls)}
         _reject_unknown("limits", d, known)
         return cls(**{k: _check_int(f"limits.{k}", v) for k, v in d.items()})
@@ -212,21 +212,21 @@ class WorkerConfig:
     storage: dict = attrs.field(factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "WorkerConfig":
-        """Build and validate; ConfigError (one line) on anything wrong."""
+    def from_dict(cls, d: Any) -> WorkerConfig:
+        """Build and validate; WorkerConfigError (one line) on anything wrong."""
         if not isinstance(d, dict):
-            raise ConfigError(f"the worker config must be a map, got {type(d).__name__}")
+            raise WorkerConfigError(f"the worker config must be a map, got {type(d).__name__}")
         known = {f.name for f in attrs.fields(cls)}
         _reject_unknown("config", d, known)
         required = [f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING]
         missing = [k for k in required if k not in d]
         if missing:
-            raise ConfigError(f"missing config key(s) {', '.join(missing)}")
+            raise WorkerConfigError(f"missing config key(s) {', '.join(missing)}")
         kw = dict(d)
         kw["node_id"] = _check_node_id("node_id", d["node_id"])
         kw["worker_index"] = _check_int("worker_index", d["worker_index"], 0)
         if not isinstance(d["data_dir"], str) or not d["data_dir"]:
-            raise ConfigError(f"data_dir must be a non-empty path, got {d['data_dir']!r}")
+            raise WorkerConfigError(f"data_dir must be a non-empty path, got {d['data_dir']!r}")
         kw["raft_listen_url"] = _check_url("raft_listen_url", d["raft_listen_url"])
         parse_host_port("client_listen_address", d["client_listen_address"])
         total = kw["groups_total"] = _check_int("groups_total", d["groups_total"])
@@ -246,11 +246,11 @@ class WorkerConfig:
             _check_int("seed", d["seed"], 0)
         if "election_tick" in d or "heartbeat_tick" in d:
             if kw.get("heartbeat_tick", 1) >= kw.get("election_tick", 10):
-                raise ConfigError("heartbeat_tick must be smaller than election_tick")
+                raise WorkerConfigError("heartbeat_tick must be smaller than election_tick")
         kw["limits"] = Limits.from_dict(d.get("limits"))
         st = d.get("storage") or {}
         if not isinstance(st, dict):
-            raise ConfigError(f"storage must be a map, got {type(st).__name__}")
+            raise WorkerConfigError(f"storage must be a map, got {type(st).__name__}")
         _reject_unknown("storage", st, _STORAGE_KEYS)
         kw["storage"] = dict(st)
         cfg = cls(**kw)
@@ -289,12 +289,12 @@ class WorkerConfig:
                 base_dir=self.data_dir, sync_on_write=self.sync_on_write, **self.storage
             )
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"storage: {exc}") from None
+            raise WorkerConfigError(f"storage: {exc}") from None
 
 
 def _parse_groups(value: Any, total: int) -> dict[int, tuple[str, ...]]:
     if not isinstance(value, dict):
-        raise ConfigError(f"groups must be a map of group id -> [voter node ids], got {type(value).__name__}")
+        raise WorkerConfigError(f"groups must be a map of group id -> [voter node ids], got {type(value).__name__}")
     out: dict[int, tuple[str, ...]] = {}
     for key, voters in value.items():
         if type(key) is int:
@@ -302,33 +302,33 @@ def _parse_groups(value: Any, total: int) -> dict[int, tuple[str, ...]]:
         elif isinstance(key, str) and key.isdigit():
             g = int(key)
         else:
-            raise ConfigError(f"group ids must be ints, got {key!r}")
+            raise WorkerConfigError(f"group ids must be ints, got {key!r}")
         if not 0 <= g < total:
-            raise ConfigError(f"group {g} is outside 0..{total - 1} (groups_total {total})")
+            raise WorkerConfigError(f"group {g} is outside 0..{total - 1} (groups_total {total})")
         if g in out:
-            raise ConfigError(f"group {g} is listed twice")
+            raise WorkerConfigError(f"group {g} is listed twice")
         if not isinstance(voters, (list, tuple)):
-            raise ConfigError(f"group {g}: initial voters must be a list of node ids")
+            raise WorkerConfigError(f"group {g}: initial voters must be a list of node ids")
         vs = tuple(_check_node_id(f"group {g} voter", v) for v in voters)
         if len(set(vs)) != len(vs):
-            raise ConfigError(f"group {g}: initial voters listed twice: {list(vs)}")
+            raise WorkerConfigError(f"group {g}: initial voters listed twice: {list(vs)}")
         out[g] = vs
     return out
 
 
 def _parse_replica_ids(value: Any, groups: dict[int, tuple[str, ...]], node_id: str) -> dict[int, str]:
     if not isinstance(value, dict):
-        raise ConfigError(f"replica_ids must be a map of group id -> replica id, got {type(value).__name__}")
+        raise WorkerConfigError(f"replica_ids must be a map of group id -> replica id, got {type(value).__name__}")
     out: dict[int, str] = {}
     for key, rid in value.items():
         g = key if type(key) is int else int(key) if isinstance(key, str) and key.isdigit() else None
         if g is None or g not in groups:
-            raise ConfigError(f"replica_ids: group {key!r} is not one of this worker's groups")
+            raise WorkerConfigError(f"replica_ids: group {key!r} is not one of this worker's groups")
         try:
             ok = isinstance(rid, str) and node_of(rid) == node_id and incarnation_of(rid) >= 0
         except ReplicaIdError as exc:
-            raise ConfigError(f"replica_ids: group {g}: {exc}") from None
+            raise WorkerConfigError(f"replica_ids: group {g}: {exc}") from None
         if not ok:
-            raise ConfigError(f"replica_ids: group {g}: {rid!r} is not a replica id of node {node_id}")
+            raise WorkerConfigError(f"replica_ids: group {g}: {rid!r} is not a replica id of node {node_id}")
         out[g] = rid
     return out

@@ -31,15 +31,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 import sys
+import time
 from typing import Any
 
 import trio
 
 from multiraft import protocol
 
-from .config import ConfigError, WorkerConfig
+from .config import WorkerConfig, WorkerConfigError
 from .membership import GROUP_OPS
 
 __all__ = ["ControlPipe", "run_worker_process", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_CONFIG"]
@@ -131,10 +131,12 @@ async def run_worker_process(
     if first is None:
         return await fatal("stdin closed before the config frame", EXIT_BAD_CONFIG)
     if first[0] != "config" or len(first) != 2:
-        return await fatal(f"the first control frame must be ['config', {{...}}], got kind {first[0]!r}", EXIT_BAD_CONFIG)
+        return await fatal(
+            f"the first control frame must be ['config', {{...}}], got kind {first[0]!r}", EXIT_BAD_CONFIG
+        )
     try:
         config = WorkerConfig.from_dict(first[1])
-    except ConfigError as exc:
+    except WorkerConfigError as exc:
         return await fatal(f"bad config: {exc}", EXIT_BAD_CONFIG)
 
     logging.basicConfig(

@@ -137,5 +137,9 @@ class Group:
             "pending": len(self.proposals) + len(self.waiters) + len(self.reads) + len(self.reads_indexed),
             **({"error": self.failed} if self.failed else {}),
             # the leader's view of every replica: how far its log matches ours
-            **({"progress": {node_of(n): p.match for n, p in raft.progress.items()}} if raft.role == StateRole.LEADER else {}),
+            **(
+                {"progress": {node_of(n): p.match for n, p in raft.progress.items()}}
+                if raft.role == StateRole.LEADER
+                else {}
+            ),
         }

@@ -56,7 +56,7 @@ _KINDS = {"add_voter": ChangeKind.ADD_VOTER, "add_learner": ChangeKind.ADD_LEARN
 # Client-port requests
 
 
-def handle_admin(worker: "Worker", conn: "Connection", req: "AdminRequest") -> None:
+def handle_admin(worker: Worker, conn: Connection, req: AdminRequest) -> None:
     """conf_change, transfer_leader, group_status (never blocks)."""
     g = worker.groups.get(req.group)
     if g is None:
@@ -81,10 +81,14 @@ def handle_admin(worker: "Worker", conn: "Connection", req: "AdminRequest") -> N
             return
         worker._dirty.add(g.gid)
         transferee = raft.lead_transferee
-        conn.respond(req.req_id, protocol.OK, {"leader": leader_hint(raft.leader), "transferee": leader_hint(transferee)})
+        conn.respond(
+            req.req_id, protocol.OK, {"leader": leader_hint(raft.leader), "transferee": leader_hint(transferee)}
+        )
         return
     try:
-        cc = ConfChange(tuple(SingleChange(_KINDS[k], _resolve(raft.conf, k, name)) for k, name in req.changes), req.joint)
+        cc = ConfChange(
+            tuple(SingleChange(_KINDS[k], _resolve(raft.conf, k, name)) for k, name in req.changes), req.joint
+        )
         index = raft.propose_conf_change(cc)
     except NotLeader as exc:
         conn.respond(req.req_id, protocol.NOT_LEADER, leader_hint(exc.leader))
@@ -123,7 +127,7 @@ def _resolve(conf: ConfState, kind: str, name: str) -> str:
     return member
 
 
-def _describe(req: "AdminRequest") -> str:
+def _describe(req: AdminRequest) -> str:
     text = ", ".join(f"{k} {n}" for k, n in req.changes)
     return f"[{text}]" + (" (joint)" if req.joint else "")
 
@@ -132,7 +136,7 @@ def _describe(req: "AdminRequest") -> str:
 # Placement changes (control pipe)
 
 
-async def group_op(worker: "Worker", op: str, gid: Any, data: Any = None) -> dict:
+async def group_op(worker: Worker, op: str, gid: Any, data: Any = None) -> dict:
     """Queue a placement change for the raft loop and wait for its result."""
     if op not in GROUP_OPS:
         return {"ok": False, "error": f"unknown group op {op!r}"}
@@ -155,7 +159,7 @@ async def group_op(worker: "Worker", op: str, gid: Any, data: Any = None) -> dic
     return result
 
 
-async def run_group_ops(worker: "Worker") -> None:
+async def run_group_ops(worker: Worker) -> None:
     """In the raft loop, between rounds: run every queued placement change."""
     ops, worker._group_ops = worker._group_ops, []
     for op, gid, data, done, result in ops:
@@ -184,7 +188,7 @@ class _OpError(Exception):
     pass
 
 
-def _forget(worker: "Worker", gid: int) -> Group | None:
+def _forget(worker: Worker, gid: int) -> Group | None:
     """Stop driving group gid; its waiting clients get not_leader."""
     g = worker.groups.pop(gid, None)
     if g is None:
@@ -197,7 +201,7 @@ def _forget(worker: "Worker", gid: int) -> Group | None:
     return g
 
 
-def _wipe(worker: "Worker", gid: int, new_rid: str | None = None) -> None:
+def _wipe(worker: Worker, gid: int, new_rid: str | None = None) -> None:
     """Blocking: delete the group's log records and snapshot, then record
     which incarnation (if any) owns the group's stored data from now on. In
     this order: data never sits under an id it does not belong to
@@ -210,7 +214,7 @@ def _wipe(worker: "Worker", gid: int, new_rid: str | None = None) -> None:
     save_identities(worker.config.data_dir, worker.identities, sync=worker.config.sync_on_write)
 
 
-def _new_raft(worker: "Worker", gid: int, rid: str, **state: Any) -> RaftState:
+def _new_raft(worker: Worker, gid: int, rid: str, **state: Any) -> RaftState:
     cfg = worker.config
     if cfg.seed is not None:
         rng = random.Random(cfg.seed * 1_000_003 + gid)
@@ -219,7 +223,7 @@ def _new_raft(worker: "Worker", gid: int, rid: str, **state: Any) -> RaftState:
     return RaftState(worker._raft_config(rid), rng, **state)
 
 
-def _install(worker: "Worker", g: Group) -> None:
+def _install(worker: Worker, g: Group) -> None:
     worker.groups[g.gid] = g
     if worker._routing_table is not None:
         try:
@@ -229,7 +233,7 @@ def _install(worker: "Worker", g: Group) -> None:
     worker._dirty.add(g.gid)
 
 
-async def _add(worker: "Worker", gid: int, rid: str) -> dict:
+async def _add(worker: Worker, gid: int, rid: str) -> dict:
     g = worker.groups.get(gid)
     if g is not None:
         if g.raft.id == rid:
@@ -245,13 +249,13 @@ async def _add(worker: "Worker", gid: int, rid: str) -> dict:
     return {"existed": False, "replica": rid}
 
 
-async def _remove(worker: "Worker", gid: int) -> dict:
+async def _remove(worker: Worker, gid: int) -> dict:
     existed = _forget(worker, gid) is not None
     await worker._run_io(_wipe, worker, gid)
     return {"existed": existed}
 
 
-def _export(worker: "Worker", gid: int) -> dict:
+def _export(worker: Worker, gid: int) -> dict:
     """Stop the group here and hand out its whole Raft state: the hard state,
     a snapshot at the applied index and the log after it. The stored copy is
     kept until remove_group (the coordinator's restart finds it if the move
@@ -287,7 +291,7 @@ def _export(worker: "Worker", gid: int) -> dict:
     return {"state": state}
 
 
-async def _import(worker: "Worker", gid: int, data: Any) -> dict:
+async def _import(worker: Worker, gid: int, data: Any) -> dict:
     try:
         term, vote, commit = data["hard_state"]
         hs = HardState(int(term), vote, int(commit))

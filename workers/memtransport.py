@@ -34,11 +34,11 @@ class MemNetwork:
 
     def __init__(self, *, inbox_batches_max: int = 256) -> None:
         self.inbox_batches_max = inbox_batches_max
-        self._running: dict[str, "MemTransport"] = {}
+        self._running: dict[str, MemTransport] = {}
         self._isolated: set[str] = set()
         self._cut: set[frozenset[str]] = set()
 
-    def transport(self, address: str, listen_url: str | None = None, **_options: Any) -> "MemTransport":
+    def transport(self, address: str, listen_url: str | None = None, **_options: Any) -> MemTransport:
         return MemTransport(self, address)
 
     def isolate(self, address: str) -> None:

@@ -268,7 +268,9 @@ def _parse_admin(rid: Any, op: str, args: list) -> AdminRequest:
     out = []
     for c in changes:
         if type(c) is not list or len(c) != 2 or c[0] not in CONF_CHANGE_KINDS:
-            raise BadRequest(rid, f"a change is [kind, node] with kind one of {', '.join(CONF_CHANGE_KINDS)}, got {_show(c)}")
+            raise BadRequest(
+                rid, f"a change is [kind, node] with kind one of {', '.join(CONF_CHANGE_KINDS)}, got {_show(c)}"
+            )
         out.append((c[0], _node(rid, c[1])))
     if type(args[2]) is not bool:
         raise BadRequest(rid, f"joint must be true or false, got {_show(args[2])}")

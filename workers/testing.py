@@ -15,9 +15,10 @@ then runs inline (see open_cluster).
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import trio
 
@@ -28,7 +29,7 @@ from .config import WorkerConfig
 from .memtransport import MemNetwork
 from .worker import Worker
 
-__all__ = ["LocalCluster", "TestClient", "open_client", "open_cluster"]
+__all__ = ["InProcessCluster", "TestClient", "open_client", "open_cluster"]
 
 
 class TestClient:
@@ -110,8 +111,9 @@ async def open_client(address: str) -> AsyncIterator[TestClient]:
             await trio.aclose_forcefully(stream)
 
 
-class LocalCluster:
-    """Workers (one per node, worker index 0) on one MemNetwork."""
+class InProcessCluster:
+    """Workers (one per node, worker index 0) on one MemNetwork, in this trio run
+    (multiraft.localcluster.ProcessCluster is the kind made of real processes)."""
 
     def __init__(
         self,
@@ -190,7 +192,12 @@ class LocalCluster:
             n: {
                 "address": f"{n}:0",
                 "up": n in self.workers,
-                "workers": [{"raft_url": f"mem://{n}/w0", "client_address": self.workers[n].client_address if n in self.workers else None}],
+                "workers": [
+                    {
+                        "raft_url": f"mem://{n}/w0",
+                        "client_address": self.workers[n].client_address if n in self.workers else None,
+                    }
+                ],
             }
             for n in self.nodes
         }
@@ -242,7 +249,7 @@ async def open_cluster(
     groups: int = 1,
     io_inline: bool = True,
     **overrides: Any,
-) -> AsyncIterator[LocalCluster]:
+) -> AsyncIterator[InProcessCluster]:
     """Start one worker per node; stop them all at the end.
 
     `io_inline=True` (the default here) runs storage calls in the trio thread:
@@ -250,7 +257,7 @@ async def open_cluster(
     clock jump to the next deadline whenever every task waits for it. Use
     io_inline=False with the real clock to exercise the threaded path."""
     async with trio.open_nursery() as nursery:
-        cluster = LocalCluster(nursery, base_dir, nodes, groups, io_inline, **overrides)
+        cluster = InProcessCluster(nursery, base_dir, nodes, groups, io_inline, **overrides)
         for n in nodes:
             await cluster.start(n)
         try:

@@ -43,7 +43,8 @@ import os
 import random
 import struct
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -66,13 +67,12 @@ from multiraft.wire import worker_address
 from storage import GroupWrite, SegmentedLog, SnapshotStore, StorageError
 from storage.recovery import recover_group
 
+from . import membership
 from .client_server import ClientServer, Connection
-from .config import ConfigError, WorkerConfig, parse_host_port
+from .config import WorkerConfig, WorkerConfigError, parse_host_port
 from .group import Group, Request, leader_hint
 from .identity import IdentityError, load_identities, save_identities
-from .requests import BadRequest, PingRequest, ReadRequest, parse_request, write_payload
-from .requests import AdminRequest
-from . import membership
+from .requests import AdminRequest, BadRequest, PingRequest, ReadRequest, parse_request, write_payload
 
 __all__ = ["Worker", "WorkerError", "RoutingError"]
 
@@ -1141,7 +1141,15 @@ class Worker:
         st = self._storage_stats
         out["storage"] = {
             k: st[k]
-            for k in ("segments", "log_bytes", "writes", "syncs", "entries_written", "bytes_written", "segments_deleted")
+            for k in (
+                "segments",
+                "log_bytes",
+                "writes",
+                "syncs",
+                "entries_written",
+                "bytes_written",
+                "segments_deleted",
+            )
             if k in st
         }
         core: collections.Counter[str] = collections.Counter()
@@ -1168,4 +1176,4 @@ class Worker:
         assert n == self._pending, (n, self._pending)
 
 
-__all__ += ["STAT_NAMES", "ConfigError"]
+__all__ += ["STAT_NAMES", "WorkerConfigError"]

@@ -131,17 +131,17 @@ def apply_conf_change(conf: ConfState, cc: ConfChange) -> ConfState:
 def _apply_changes(
     voters: frozenset[NodeId], learners: frozenset[NodeId], cc: ConfChange
 ) -> tuple[set[NodeId], set[NodeId]]:
-    v, l = set(voters), set(learners)
+    vs, ls = set(voters), set(learners)
     for c in cc.changes:
         if c.kind == ChangeKind.ADD_VOTER:
-            l.discard(c.node)
-            v.add(c.node)
+            ls.discard(c.node)
+            vs.add(c.node)
         elif c.kind == ChangeKind.ADD_LEARNER:
-            v.discard(c.node)
-            l.add(c.node)
+            vs.discard(c.node)
+            ls.add(c.node)
         elif c.kind == ChangeKind.REMOVE_NODE:
-            v.discard(c.node)
-            l.discard(c.node)
+            vs.discard(c.node)
+            ls.discard(c.node)
         else:  # pragma: no cover - ChangeKind() rejects unknown kinds on decode
             raise ConfChangeRejected(f"unknown change kind {c.kind}")
-    return v, l
+    return vs, ls

@@ -7,7 +7,7 @@ import attrs
 from .types import NodeId, ReadOnlyOption
 
 
-def _positive(instance, attribute, value) -> None:
+def _positive(instance: object, attribute: attrs.Attribute, value: int) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value}")
 

@@ -3,7 +3,8 @@
 Assertions inside the core catch *our* bugs. These exceptions are for callers:
 a client proposing to a follower, an operator asking for an unsafe change.
 Bad messages from peers are not errors at all: Raft ignores stale or
-nonsensical messages and counts them (see RaftState.stats).
+nonsensical messages and counts them (RaftState.counters: dropped_malformed,
+dropped_stale_term, dropped_unexpected, ...).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ Layout: `entries[k].index == offset + k`, where `offset == snapshot_index + 1`.
 from __future__ import annotations
 
 import bisect
+from itertools import pairwise
 
 import attrs
 
@@ -17,8 +18,10 @@ from .errors import LogDoesNotFollowSnapshot
 from .types import ENTRY_OVERHEAD_BYTES, Entry, HardState, Snapshot, SnapshotMeta
 
 
-class LogUnavailable(Exception):
-    """An index before the compacted prefix was asked for (a snapshot is needed)."""
+class LogCompacted(Exception):
+    """An index at or before the compacted prefix was asked for (a snapshot is
+    needed). Same word, same meaning as storage's LogCompactedError; storage's
+    LogUnavailableError is the other end: past the last stored entry."""
 
 
 @attrs.define
@@ -94,7 +97,7 @@ class RaftLog:
     def slice(self, low: int, high: int, size_bytes_max: int) -> list[Entry]:
         """Entries [low, high), at least one, then up to size_bytes_max bytes."""
         if low <= self.snapshot_index:
-            raise LogUnavailable(low)
+            raise LogCompacted(low)
         start = low - self.snapshot_index - 1
         stop = min(high, self.last_index() + 1) - self.snapshot_index - 1
         if stop <= start:
@@ -295,7 +298,7 @@ def check_follows_snapshot(
     snapshot's term there, the first entry after it at index + 1 with a term no lower, and
     a hard state term no older than the log's last term."""
     s, t = (meta.index, meta.term) if meta is not None else (0, 0)
-    for a, b in zip(entries, entries[1:]):
+    for a, b in pairwise(entries):
         if b.index != a.index + 1 or b.term < a.term:
             raise LogDoesNotFollowSnapshot(
                 f"the log is not contiguous: entry ({a.index}, term {a.term}) "

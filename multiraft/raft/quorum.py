@@ -7,7 +7,7 @@ raft-lite's bug (learners counted in quorums) cannot happen.
 from __future__ import annotations
 
 import enum
-from typing import Collection, Mapping
+from collections.abc import Collection, Mapping
 
 from .types import NodeId
 

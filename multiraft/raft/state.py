@@ -16,7 +16,6 @@ import random
 import attrs
 
 from . import quorum
-from .config import Config
 from .confchange import (
     LEAVE_JOINT,
     ConfChange,
@@ -25,21 +24,22 @@ from .confchange import (
     decode_conf_change,
     encode_conf_change,
 )
+from .config import Config
 from .errors import Busy, ConfChangeRejected, LogDoesNotFollowSnapshot, NotLeader, RaftError
 from .log import RaftLog, check_follows_snapshot
 from .progress import Inflights, Progress, ProgressState
 from .types import (
+    ENTRY_OVERHEAD_BYTES,
     ConfState,
     Entry,
-    ENTRY_OVERHEAD_BYTES,
     EntryType,
     HardState,
     Message,
     MessageType as MT,
     NodeId,
-    Ready,
     ReadOnlyOption,
     ReadState,
+    Ready,
     Snapshot,
     SnapshotMeta,
     SoftState,
@@ -374,7 +374,8 @@ class RaftState:
             early_msgs: tuple[Message, ...] = ()
             late_msgs = tuple(self._msgs) + tuple(self._msgs_after_persist)
         else:
-            early, late = [], []
+            early: list[Message] = []
+            late: list[Message] = []
             for m in self._msgs:
                 (early if m.type in _EARLY_TYPES else late).append(m)
             early_msgs = tuple(early)
@@ -542,7 +543,7 @@ class RaftState:
         self._round_sent_at.clear()
         self._acked_round.clear()
         last = self.log.last_index()
-        for node, pr in self.progress.items():
+        for pr in self.progress.values():
             pr.match = 0
             pr.next_index = last + 1
             pr.state = ProgressState.PROBE
@@ -681,6 +682,9 @@ class RaftState:
                 # campaign as soon as advance() has applied it.
                 self._timeout_now_term = self.term
         elif t == MT.READ_INDEX_RESPONSE:
+            if type(m.context) is not bytes:  # read ids are bytes: a buggy or corrupt peer
+                self.counters["dropped_malformed"] += 1
+                return
             self._read_states.append(ReadState(m.index, m.context))
         elif t == MT.READ_INDEX:
             self.counters["dropped_unexpected"] += 1  # we are not the leader
@@ -786,7 +790,7 @@ class RaftState:
             if self.id not in self.conf.all_voters():
                 self._hand_off_leadership()  # try again, perhaps another voter
         timeout = self.config.effective_snapshot_timeout_ticks
-        for node, pr in self.progress.items():
+        for pr in self.progress.values():
             if pr.state == ProgressState.SNAPSHOT:
                 pr.snapshot_wait_ticks += 1
                 if pr.snapshot_wait_ticks >= timeout:
@@ -949,7 +953,9 @@ class RaftState:
         prev_term = self.log.term(prev)
         if prev_term is None or prev < self.log.snapshot_index:
             return self._send_snapshot(to, pr)
-        entries = self.log.slice(pr.next_index, self.log.last_index() + 1, self.config.msg_size_bytes_max) if pr.next_index <= self.log.last_index() else []
+        entries: list[Entry] = []
+        if pr.next_index <= self.log.last_index():
+            entries = self.log.slice(pr.next_index, self.log.last_index() + 1, self.config.msg_size_bytes_max)
         if not entries and not send_empty and pr.state == ProgressState.REPLICATE:
             return False
         self._send(

@@ -11,7 +11,8 @@ term 0 mean "nothing", so the first real entry has index 1.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -30,7 +31,7 @@ ENTRY_OVERHEAD_BYTES = 24
 
 class Entry(NamedTuple):
     term: int
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index() on purpose: the name raft-lite and the wire use
     type: int  # an EntryType value; a plain int on the wire and on disk
     data: bytes
 
@@ -96,7 +97,7 @@ class ConfState:
         )
 
     @classmethod
-    def from_plain(cls, plain) -> "ConfState":
+    def from_plain(cls, plain: Sequence[Any]) -> ConfState:
         voters, learners, outgoing, learners_next, auto_leave = plain
         return cls(
             frozenset(voters),
@@ -155,7 +156,7 @@ class Message(NamedTuple):
     to: NodeId
     term: int
     log_term: int = 0
-    index: int = 0
+    index: int = 0  # type: ignore[assignment]  # shadows tuple.index() on purpose, as in Entry
     entries: tuple[Entry, ...] = ()
     commit: int = 0
     reject: bool = False

@@ -109,7 +109,9 @@ def _error_reply(exc: ClientError) -> ErrorReply:
             return ErrorReply(f"TIMEOUT the write may or may not have been applied: {exc}")
         return ErrorReply(f"TRYAGAIN {exc}")
     if isinstance(exc, UnknownOutcome):
-        return ErrorReply(f"ERR unknown outcome: the write may or may not have been applied (its session expired): {exc}")
+        return ErrorReply(
+            f"ERR unknown outcome: the write may or may not have been applied (its session expired): {exc}"
+        )
     if isinstance(exc, RequestError):
         return ErrorReply(f"ERR {exc}")
     return ErrorReply(f"ERR {exc}")
@@ -568,7 +570,7 @@ async def cmd_mget(s: Session, args: list[bytes]) -> Any:
 async def cmd_mset(s: Session, args: list[bytes]) -> Any:
     if len(args) % 2 == 0:
         raise ReplyError(arity_error("mset").message)
-    await s.backend.write_many(list(zip(args[1::2], args[2::2])))
+    await s.backend.write_many(list(zip(args[1::2], args[2::2], strict=True)))
     return OK
 
 

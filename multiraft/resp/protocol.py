@@ -397,7 +397,7 @@ class ReplyParser:
                     return None
                 item, nxt = got
                 pairs.append(item)
-            return dict(zip(pairs[::2], pairs[1::2])), nxt
+            return dict(zip(pairs[::2], pairs[1::2], strict=True)), nxt
         if kind == b"*":
             n = int(body)
             if n < 0:

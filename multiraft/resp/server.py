@@ -63,7 +63,7 @@ class _Slot:
 
 
 class _Connection:
-    def __init__(self, server: "Server", stream: trio.SocketStream, session: Session) -> None:
+    def __init__(self, server: Server, stream: trio.SocketStream, session: Session) -> None:
         self.server = server
         self.state = server.state
         self.stream = stream

@@ -9,17 +9,17 @@ reads, advance, and take snapshots when the log grows.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 
 from multiraft import kv
 from multiraft.raft.config import Config
-from multiraft.raft.log import follow_snapshot, reset_needed
 from multiraft.raft.errors import RaftError
+from multiraft.raft.log import follow_snapshot, reset_needed
 from multiraft.raft.state import RaftState
-from multiraft.raft.types import EntryType, Ready, ReadOnlyOption, StateRole
-
+from multiraft.raft.types import EntryType, ReadOnlyOption, Ready, StateRole
 from multiraft.replica import incarnation_of, replica_id
 
 from .disk import SimDisk
@@ -48,7 +48,7 @@ class ReadWaiter:
 class Replica:
     def __init__(
         self,
-        node: "SimNode",
+        node: SimNode,
         group: int,
         raft: RaftState,
         sm: kv.KVStateMachine,
@@ -64,7 +64,7 @@ class Replica:
         self.last_role = raft.role
         self.last_commit = raft.log.committed
 
-    def step_ready(self, sim: "Sim", now: int) -> None:
+    def step_ready(self, sim: Sim, now: int) -> None:
         """Move this replica's Ready pipeline forward; persistence takes time."""
         for _ in range(8):  # bounded work per step, like a real worker's batch
             if self.inflight is not None:
@@ -89,7 +89,7 @@ class Replica:
             if sim.midround_crash is not None:
                 return
 
-    def _midround_crash_point(self, sim: "Sim", rd: Ready) -> str | None:
+    def _midround_crash_point(self, sim: Sim, rd: Ready) -> str | None:
         """Maybe crash inside this round: after the snapshot is saved and
         before the log reset, or after the write and before the fsync."""
         rate = sim.options.midround_crash_rate
@@ -102,7 +102,7 @@ class Replica:
             return "before_fsync"
         return None
 
-    def _finish(self, sim: "Sim", now: int, rd: Ready) -> None:
+    def _finish(self, sim: Sim, now: int, rd: Ready) -> None:
         raft = self.raft
         if rd.entries:
             sim.safety.on_persist(self.group, self.raft.id, rd.entries, self._prev_term_of(rd))
@@ -156,7 +156,7 @@ class Replica:
 
         return prev_term
 
-    def _serve_reads(self, sim: "Sim", now: int) -> None:
+    def _serve_reads(self, sim: Sim, now: int) -> None:
         if not self.read_waiters:
             return
         applied = self.raft.log.applied
@@ -177,7 +177,7 @@ class Replica:
                 result = self.kv.read(kv.Get(w.key))
                 sim.workload.complete_read(w.client, w.op_id, result.value, now)
 
-    def _maybe_snapshot(self, sim: "Sim") -> None:
+    def _maybe_snapshot(self, sim: Sim) -> None:
         log = self.raft.log
         o = sim.options
         interval = o.snapshot_interval_entries
@@ -198,7 +198,7 @@ class Replica:
             # Between the snapshot save and the compaction record's fsync.
             sim.midround_crash = (self.node, self.node.worker_of(self.group))
 
-    def observe(self, sim: "Sim") -> None:
+    def observe(self, sim: Sim) -> None:
         """Feed the safety checker what changed since the last look."""
         raft = self.raft
         if raft.role == StateRole.LEADER:
@@ -263,7 +263,7 @@ class SimNode:
     def queue_message(self, group: int, m) -> None:
         self.backlog_messages.append((self.pause_key(group), group, m))
 
-    def resume(self, key: int | None, sim: "Sim") -> None:
+    def resume(self, key: int | None, sim: Sim) -> None:
         """The paused process runs again: it answers the reads it had
         indexed, then handles its backlog of client requests and messages
         (in either order) before its next tick."""

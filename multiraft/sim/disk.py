@@ -8,11 +8,11 @@ unsynced writes, are lost in a crash.
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import attrs
 
 from multiraft.raft.types import Entry, HardState, Ready, Snapshot
-
 
 # A log record of the simulated disk, in the order the real worker's batch
 # writes them (storage/batch.py: compact_to, entries, hard state):
@@ -64,7 +64,7 @@ class GroupDisk:
         return self.entries[-1].index if self.entries else self.base
 
     def check(self) -> None:
-        for a, b in zip(self.entries, self.entries[1:]):
+        for a, b in pairwise(self.entries):
             assert b.index == a.index + 1, (a, b)
         assert not self.entries or self.entries[0].index == self.base + 1
 

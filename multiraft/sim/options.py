@@ -75,7 +75,7 @@ class SimOptions:
     hostile_client_rate: float = 0.0
 
     @classmethod
-    def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> "SimOptions":
+    def draw(cls, rng: random.Random, chaos_steps: int = 6000) -> SimOptions:
         check_quorum = rng.random() < 0.8
         nodes = rng.choice([3, 3, 4, 5, 5])
         fields = dict(

@@ -434,7 +434,12 @@ class Sim:
                 settle = 0
         pending = [c.op for c in self.workload.clients if c.op is not None]
         states = {
-            g: [(n.id, r.raft.role.name, r.raft.term, r.raft.log.committed) for n in self.nodes.values() for r in [n.replicas.get(g)] if r]
+            g: [
+                (n.id, r.raft.role.name, r.raft.term, r.raft.log.committed)
+                for n in self.nodes.values()
+                for r in [n.replicas.get(g)]
+                if r
+            ]
             for g in range(o.groups)
         }
         raise SafetyViolation(

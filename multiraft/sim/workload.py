@@ -19,9 +19,8 @@ import attrs
 
 from multiraft import kv
 from multiraft.raft.errors import ProposalDropped
-from multiraft.sharding import group_for_key
-
 from multiraft.replica import node_of
+from multiraft.sharding import group_for_key
 
 from .cluster import ReadWaiter, Waiter
 
@@ -66,7 +65,7 @@ class Client:
 
 
 class Workload:
-    def __init__(self, sim: "Sim") -> None:
+    def __init__(self, sim: Sim) -> None:
         self.sim = sim
         self.rng = sim.rng
         o = sim.options
@@ -239,7 +238,7 @@ class Workload:
         if isinstance(result, kv.SessionExpired):
             self._session_expired(c, op, result, now)
             return
-        if isinstance(result, kv.StaleRequest) or isinstance(result, kv.InvalidCommand):
+        if isinstance(result, (kv.StaleRequest, kv.InvalidCommand)):
             raise AssertionError(f"client {client} op {op_id}: unexpected {result}")
         if op.f == "cas":
             assert isinstance(result, kv.CasResult), result
