@@ -398,3 +398,58 @@ def test_auto_leave_joint_never_makes_advance_raise_thesis_4_3():
     net.tick(times=5)
     assert not n1.conf.joint and n1.conf.voters == {"n1", "n2", "n3", "n4", "n5"}
     assert net.applied["n4"] == [b"x" * 190]
+
+
+def test_a_leader_proposes_nothing_after_the_entry_that_removes_it_thesis_4_2_2():
+    """A one-voter group moves from n1 to n2. Nothing may follow the leave
+    entry in n1's log: if n1's hand-off then fails, n2 (which still counts n1
+    in its joint config until it learns the leave committed) needs n1's vote,
+    and a longer log on n1 would refuse it forever (found by the simulator:
+    seed 1218 of 2,000 after the issue 9 merges)."""
+    net = Net(["n1"], learners=["n2"])
+    net.boot("n1")
+    n1 = net.nodes["n1"]
+    n1.propose_conf_change(add_learner("n2"))
+    net.tick(times=3)
+    # Hold back n1's appends so the joint config is applied on n1 first.
+    n1.propose_conf_change(replace(["n1"], ["n2"]))
+    net.deliver_all()
+    leave_seen = False
+    for _ in range(20):
+        if n1._removing_self_at:
+            leave_seen = True
+            with pytest.raises(Busy):
+                n1.propose(b"after the leave")
+            break
+        net.tick()
+    assert leave_seen
+    assert all(e.data != b"after the leave" for e in n1.log.entries)
+
+
+def test_a_removed_leader_that_crashes_before_handing_off_does_not_wedge_the_group_thesis_4_2_2():
+    net = Net(["n1"], learners=["n2"])
+    net.boot("n1")
+    n1 = net.nodes["n1"]
+    n1.propose_conf_change(add_learner("n2"))
+    net.tick(times=3)
+    net.propose("n1", b"x")
+    # n1 never tells n2 that the leave committed, nor hands off: it dies.
+    net.drop_types |= {MT.TIMEOUT_NOW}
+    n1.propose_conf_change(replace(["n1"], ["n2"]))
+    # Whatever n1 might append after the leave never reaches n2.
+    net.drop_if = lambda m: m.type == MT.APPEND and any(e.data == b"late" for e in m.entries)
+    refused = 0
+    for _ in range(10):
+        net.tick()
+        try:
+            n1.propose(b"late")
+        except (Busy, NotLeader):
+            refused += 1
+    assert refused and not [e for e in n1.log.entries if e.data == b"late"]
+    net.drop_types.clear()
+    net.drop_if = None
+    net.restart("n1")  # as a follower that is no voter of its config
+    net.tick(times=60)
+    assert net.nodes["n2"].role == StateRole.LEADER
+    net.propose("n2", b"after")
+    assert net.applied["n2"][-1] == b"after"

@@ -144,6 +144,9 @@ class RaftState:
         self._randomized_election_timeout = 0
         self._votes: dict[NodeId, bool] = {}
         self._pending_conf_index = 0
+        # As leader: the index of the entry we proposed that removes us from
+        # the voters (0: none). Invariant: nothing is proposed after it.
+        self._removing_self_at = 0
         self._uncommitted_bytes = 0
         self._bcast_pending = False
         self.lead_transferee: NodeId | None = None
@@ -240,6 +243,8 @@ class RaftState:
         apply_conf_change(self.conf, cc)  # validate against the current config
         index = self._propose_entries([encode_conf_change(cc)], EntryType.CONF_CHANGE)
         self._pending_conf_index = index
+        if self.id not in apply_conf_change(self.conf, cc).all_voters():  # a joint result keeps us (outgoing)
+            self._removing_self_at = index
         return index
 
     def read_index(self, context: bytes, lease: bool | None = None, now: float | None = None) -> None:
@@ -475,6 +480,9 @@ class RaftState:
         self.log.check_invariants()
         self.conf.check_invariants()
         assert self.log.last_term() <= self.term, (self.log.last_term(), self.term)
+        if self._removing_self_at:
+            assert self.role == StateRole.LEADER and self.log.last_index() == self._removing_self_at, (
+                self._removing_self_at, self.log.last_index())
         if self.role == StateRole.LEADER:
             assert self.leader == self.id
             assert self.vote == self.id, (self.vote, self.id)
@@ -530,6 +538,7 @@ class RaftState:
         self._bcast_pending = True
 
     def _reset_common(self) -> None:
+        self._removing_self_at = 0
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self._reset_randomized_timeout()
@@ -891,6 +900,14 @@ class RaftState:
             raise NotLeader("not the leader", self.leader)
         if self.lead_transferee is not None:
             raise Busy("leadership transfer in progress", self.lead_transferee)
+        if self._removing_self_at:
+            # Nothing may follow the entry that removes us (thesis §4.2.2):
+            # the voters that remain have that entry (it commits with them),
+            # but not necessarily what we appended after it, and if our
+            # hand-off then fails (we crash or lose our quorum), a voter that
+            # still counts us in its joint config needs our vote, which our
+            # longer log would refuse: no one could ever be elected.
+            raise Busy("this leader is leaving the group: leadership is being handed off", None)
 
     def _propose_entries(self, datas: list[bytes], entry_type: int, internal: bool = False) -> int:
         """Append entries as leader. `internal` proposals (leaving a joint
@@ -1144,6 +1161,8 @@ class RaftState:
             self._pending_conf_index = self._propose_entries(
                 [encode_conf_change(LEAVE_JOINT)], EntryType.CONF_CHANGE, internal=True
             )
+            if self.id not in self.conf.voters:  # leaving the joint config removes us
+                self._removing_self_at = self._pending_conf_index
 
     def _rebuild_progress(self) -> None:
         nodes = self.conf.all_nodes()

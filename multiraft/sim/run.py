@@ -175,6 +175,20 @@ class Sim:
                     r.raft.check_invariants()
                     r.observe(self)
 
+    def _higher_term_anywhere(self, group: int, term: int) -> bool:
+        """Does any replica of `group`, running or only on disk, know a term
+        above `term`? (A newer leader's voters persisted its term.)"""
+        for node in self.nodes.values():
+            r = node.replicas.get(group)
+            if r is not None:
+                if r.raft.term > term:
+                    return True
+                continue
+            gd = node.worker_disk(group).groups.get(group)
+            if gd is not None and gd.hard_state.term > term:
+                return True
+        return False
+
     def _from_retired(self, group: int, sender: str) -> bool:
         node = self.nodes.get(node_of(sender))
         current = node.replica_ids.get(group) if node is not None else None
@@ -197,7 +211,7 @@ class Sim:
         if o.crash_rate and rng.random() < o.crash_rate:
             up = [n for n in self.nodes.values() if n.up]
             # Keep a majority of nodes up most of the time, so work continues.
-            if len(up) > (len(self.nodes) + 1) // 2 or rng.random() < 0.2:
+            if up and (len(up) > (len(self.nodes) + 1) // 2 or rng.random() < 0.2):
                 node = rng.choice(up)
                 if o.worker_crash and o.workers_per_node > 1 and rng.random() < 0.5:
                     self._crash_worker(node, rng.randrange(o.workers_per_node))
@@ -387,8 +401,12 @@ class Sim:
         if leader is None or leader.raft.conf.joint:
             return
         log = leader.raft.log
-        if log.applied < log.last_index():
+        if log.applied < log.last_index() or log.term(log.committed) != leader.raft.term:
             return  # a conf change may be in flight: the admin waits for it
+        if self._higher_term_anywhere(g, leader.raft.term):
+            # A stale leader (a newer one is paused, cut off or down) may not
+            # know the replica was added again: deleting it could delete a voter.
+            return
         members = leader.raft.conf.all_nodes()
         stale = [n for n in sorted(self.nodes) if self.nodes[n].up and g in self.nodes[n].replicas
                  and self.nodes[n].replicas[g].raft.id not in members]
