@@ -835,6 +835,10 @@ class Coordinator:
             st = await self.runner.leader_status(g, timeout_s=5.0)
         except Exception as exc:
             raise PlacementError(f"group {g}: cannot check its config now ({exc}); not deleting") from None
+        if st.get("conf_change_pending"):
+            # A membership change (maybe one naming us) is not applied yet:
+            # the config the leader reports may be about to change.
+            raise PlacementError(f"group {g}: a membership change is in progress; not deleting now (run it again)")
         members = set(st.get("voters") or ()) | set(st.get("learners") or ()) | set(st.get("voters_outgoing") or ())
         if self.node_id in members or st.get("node") == self.node_id:
             raise PlacementError(

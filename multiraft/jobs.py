@@ -410,14 +410,21 @@ class JobRunner:
                     nursery.start_soon(ask, node)
             best = None
             problems = []
+            newest = 0
             for node, (status, st) in sorted(answers.items()):
                 if status != protocol.OK or not isinstance(st, dict):
                     problems.append(f"{node}: {status} {st}")
                     continue
+                newest = max(newest, int(st.get("term", 0)))
                 if st.get("role") == "leader" and (best is None or st["term"] > best["term"]):
                     best = {**st, "node": node, "group": g}
-            if best is not None:
+            # A leader that a replica has seen a newer term than is stale (a
+            # newer leader may hold a config it does not know yet): decisions
+            # such as deleting a replica must not rest on its config.
+            if best is not None and best["term"] >= newest:
                 return best
+            if best is not None:
+                problems.append(f"{best['node']} leads term {best['term']} but a replica is at term {newest}")
             if trio.current_time() >= deadline:
                 raise JobError(f"group {g} has no leader ({'; '.join(problems) or 'no replica answered'})")
             await trio.sleep(0.1)
@@ -458,7 +465,16 @@ class JobRunner:
                 "after it is back (until then it is ignored)"
             )
             return
-        result = await self.coordinator_call(node, ["drop_replica", g])
+        deadline = trio.current_time() + CHANGE_TIMEOUT_S
+        while True:
+            try:
+                result = await self.coordinator_call(node, ["drop_replica", g])
+                break
+            except JobError as exc:
+                # The leader has a membership change not yet applied: wait for it.
+                if "membership change is in progress" not in str(exc) or trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(POLL_S)
         if result.get("existed"):
             job.step(f"deleted {node}'s copy of group {g}")
 

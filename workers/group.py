@@ -133,6 +133,9 @@ class Group:
             "voters": _nodes(conf.voters),
             "learners": _nodes(conf.learners | conf.learners_next),
             "voters_outgoing": _nodes(conf.voters_outgoing),
+            # A proposed membership change not yet applied (on a leader: the
+            # config above may be about to change).
+            "conf_change_pending": raft.conf_change_pending,
             "keys": len(self.kv),
             "pending": len(self.proposals) + len(self.waiters) + len(self.reads) + len(self.reads_indexed),
             **({"error": self.failed} if self.failed else {}),

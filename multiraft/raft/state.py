@@ -236,7 +236,7 @@ class RaftState:
         not yet applied.
         """
         self._check_can_propose()
-        if self._pending_conf_index > self.log.applied:
+        if self.conf_change_pending:
             raise ConfChangeRejected(
                 "another membership change is in progress (not yet applied)"
             )
@@ -246,6 +246,12 @@ class RaftState:
         if self.id not in apply_conf_change(self.conf, cc).all_voters():  # a joint result keeps us (outgoing)
             self._removing_self_at = index
         return index
+
+    @property
+    def conf_change_pending(self) -> bool:
+        """A membership change is in the log but not yet applied (as leader:
+        no new one may be proposed; the config may be about to change)."""
+        return self._pending_conf_index > self.log.applied
 
     def read_index(self, context: bytes, lease: bool | None = None, now: float | None = None) -> None:
         """Ask for a linearizable read (thesis §6.4). A ReadState with this
