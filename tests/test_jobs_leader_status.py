@@ -8,7 +8,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-import trio
 
 from multiraft import protocol
 from multiraft.jobs import JobError, JobRunner
