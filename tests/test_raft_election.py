@@ -554,3 +554,30 @@ def test_election_transcript_prevote_then_vote_then_noop_5_2_thesis_9_6():
         "n1->n2 APPEND_RESPONSE t2 index=2",
         "n3->n2 APPEND_RESPONSE t2 index=2",
     ]
+
+
+def test_a_vote_request_with_a_stale_term_is_rejected_with_our_term_paper_5_1():
+    """§5.1: a server rejects a request with a stale term, and the reply
+    carries its term, so the candidate catches up. Ignoring it can livelock
+    a group (simulator seed 1339 after issue 9): the candidate never learns
+    the higher term and asks again one term higher each timeout, while the
+    voter, campaigning with an old config that does not name the candidate,
+    rises just as fast."""
+    net = Net(["n1", "n2", "n3"], pre_vote=False)
+    net.boot("n1")
+    n2 = net.nodes["n2"]
+    # As if it had campaigned on its own for a long time: a high term, no leader.
+    n2.term, n2.vote, n2.leader = 80, None, None
+    n2.election_elapsed = n2.config.election_tick
+    net.isolated.add("n3")
+    candidate = net.nodes["n1"]
+    candidate.election_elapsed = 0
+    candidate._campaign(pre_vote=False, forced=False)
+    net.deliver_all()
+    replies = net.sent(type=MT.VOTE_RESPONSE, frm="n2", to="n1")
+    assert replies and replies[-1].reject and replies[-1].term == 80
+    assert candidate.term == 80 and candidate.role == StateRole.FOLLOWER
+    # ... and campaigns again at its next tick, before n2 (whose timer runs
+    # from its own last campaign) rises again: it wins n2's vote.
+    net.tick("n1")
+    assert candidate.role == StateRole.LEADER and candidate.term == 81

@@ -315,7 +315,19 @@ class RaftState:
             elif m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
                 self._become_follower(m.term, m.frm)
             else:
+                rejected_candidacy = (
+                    m.type in (MT.VOTE_RESPONSE, MT.PRE_VOTE_RESPONSE)
+                    and self.role in (StateRole.CANDIDATE, StateRole.PRE_CANDIDATE)
+                )
                 self._become_follower(m.term, None)
+                if rejected_candidacy:
+                    # A voter without a leader is ahead of us: campaign again
+                    # at the next tick (safe at any time; only liveness rests
+                    # on timeouts). Waiting a whole timeout can lose every
+                    # race to a node that keeps campaigning with an old config
+                    # that does not name us, rising a term per timeout while
+                    # we only learn its term from its rejections (seed 1339).
+                    self.election_elapsed = max(0, self._randomized_election_timeout - 1)
         elif m.term < self.term:
             if m.type in (MT.APPEND, MT.HEARTBEAT) and (
                 self.config.check_quorum or self.config.pre_vote
@@ -328,6 +340,13 @@ class RaftState:
                 self._send(
                     Message(MT.PRE_VOTE_RESPONSE, self.id, m.frm, self.term, reject=True)
                 )
+            elif m.type == MT.VOTE:
+                # Reject with our term (§5.1), so the candidate catches up.
+                # Ignoring it instead can livelock: a candidate that never
+                # hears a higher term asks us again at one term more each
+                # timeout, while we (campaigning with an old config that
+                # does not name it) rise just as fast (simulator seed 1339).
+                self._send(Message(MT.VOTE_RESPONSE, self.id, m.frm, self.term, reject=True))
             self.counters["dropped_stale_term"] += 1
             return
 
