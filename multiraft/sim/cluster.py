@@ -204,7 +204,7 @@ class Replica:
         if raft.role == StateRole.LEADER:
             sim.safety.on_leader(self.group, raft.term, raft.id, raft.log)
             if raft.log.committed > self.last_commit:
-                sim.safety.on_commit(self.group, raft.log, self.last_commit, raft.log.committed)
+                sim.safety.on_commit(self.group, raft.log, self.last_commit, raft.log.committed, raft.term)
         self.last_commit = raft.log.committed
         self.last_role = raft.role
 

@@ -23,8 +23,9 @@ class SafetyChecker:
         self._entries: dict[tuple[int, int, int], tuple[int, bytes, int]] = {}
         # State Machine Safety: every replica applies the same entry at an index.
         self._applied: dict[int, dict[int, tuple[int, bytes]]] = {}
-        # Leader Completeness: entries known committed, by (group) -> index -> term.
-        self._committed: dict[int, dict[int, int]] = {}
+        # Leader Completeness: entries known committed, by (group) -> index ->
+        # (entry term, term of the leader that committed it).
+        self._committed: dict[int, dict[int, tuple[int, int]]] = {}
         self._committed_max: dict[int, int] = {}
 
     def on_leader(self, group: int, term: int, node: str, log) -> None:
@@ -36,14 +37,20 @@ class SafetyChecker:
             )
         self._leaders[key] = node
         if other is None:
-            self._check_complete(group, node, log)
+            self._check_complete(group, node, term, log)
 
-    def _check_complete(self, group: int, node: str, log) -> None:
+    def _check_complete(self, group: int, node: str, term: int, log) -> None:
+        """§5.4, Figure 3: an entry committed in a term is in the log of every
+        leader of a *higher* term. (A leader of an older term can still be
+        elected late, say when a paused candidate resumes and tallies votes
+        granted long ago; it can commit nothing, as every voter has moved on,
+        and commit safety and state machine safety below would catch it.)"""
         committed = self._committed.get(group, {})
         for index in range(log.snapshot_index + 1, self._committed_max.get(group, 0) + 1):
-            want = committed.get(index)
-            if want is None:
+            known = committed.get(index)
+            if known is None or known[1] >= term:
                 continue
+            want = known[0]
             have = log.term(index)
             if have != want:
                 raise SafetyViolation(
@@ -70,17 +77,18 @@ class SafetyChecker:
                     f"follows term {prev}, elsewhere term {seen[2]}"
                 )
 
-    def on_commit(self, group: int, log, old: int, new: int) -> None:
+    def on_commit(self, group: int, log, old: int, new: int, leader_term: int) -> None:
         committed = self._committed.setdefault(group, {})
         for index in range(max(old + 1, log.snapshot_index + 1), new + 1):
             term = log.term(index)
             have = committed.get(index)
-            if have is not None and have != term:
+            if have is not None and have[0] != term:
                 raise SafetyViolation(
-                    f"commit safety: group {group} index {index} committed with term {have} "
+                    f"commit safety: group {group} index {index} committed with term {have[0]} "
                     f"and with term {term}"
                 )
-            committed[index] = term
+            if have is None or leader_term < have[1]:
+                committed[index] = (term, leader_term)
         self._committed_max[group] = max(self._committed_max.get(group, 0), new)
 
     def on_apply(self, group: int, node: str, e: Entry) -> None:
