@@ -63,9 +63,9 @@ def test_cli_single_seed_prints_seed_first(capsys):
 PLANTED_BUG_SEEDS = range(30)
 
 
-def _first_violation(seeds=PLANTED_BUG_SEEDS):
+def _first_violation(seeds=PLANTED_BUG_SEEDS, chaos_steps=6000):
     for seed in seeds:
-        result = run_seed(seed)
+        result = run_seed(seed, chaos_steps=chaos_steps)
         if not result.ok:
             return result.violation
     return None
@@ -108,12 +108,7 @@ def test_sim_catches_a_decoder_that_ignores_the_frame_checksum(monkeypatch):
         return honest(wire.seal_frame(bytes(data[: -wire.CHECKSUM_BYTES])), **kw)
 
     monkeypatch.setattr(wire, "decode_frame", trusting)
-    violation = None
-    for seed in PLANTED_BUG_SEEDS:
-        result = run_seed(seed, chaos_steps=1500)
-        if not result.ok:
-            violation = result.violation
-            break
+    violation = _first_violation(chaos_steps=1500)
     assert violation is not None and "flipped was accepted" in violation
 
 
@@ -125,12 +120,7 @@ def test_sim_catches_a_client_decoder_that_accepts_shared_references(monkeypatch
     from multiraft import protocol
 
     monkeypatch.setattr(protocol, "decode_body", lambda body, **kw: cbor2.loads(body))
-    violation = None
-    for seed in PLANTED_BUG_SEEDS:
-        result = run_seed(seed, chaos_steps=1500)
-        if not result.ok:
-            violation = result.violation
-            break
+    violation = _first_violation(chaos_steps=1500)
     assert violation is not None and "hostile frame" in violation
 
 
