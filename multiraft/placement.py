@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from multiraft.replica import ReplicaIdError, incarnation_of, node_of, replica_id
+from multiraft.replica import ReplicaIdError, check_replica_id, incarnation_of, node_of, replica_id
 from multiraft.sharding import KEY_HASH_NAME
 
 __all__ = [
@@ -242,9 +242,10 @@ class Placement:
                     raise PlacementError(f"bad voters of group {key}")
                 group_worker[g] = w
                 voters[g] = list(vs)
-                rid = item.get("replica", node_id) if fmt == 1 else item["replica"]
-                if not isinstance(rid, str) or node_of(rid) != node_id:
-                    raise PlacementError(f"bad replica id of group {key}: {rid!r}")
+                try:
+                    rid = check_replica_id(item.get("replica", node_id) if fmt == 1 else item["replica"], node_id)
+                except ReplicaIdError as exc:
+                    raise PlacementError(f"bad replica id of group {key}: {exc}") from None
                 if incarnation_of(rid) <= tombstones.get(g, -1):
                     raise PlacementError(f"group {key}: replica {rid} is retired (tombstone {tombstones[g]})")
                 replicas[g] = rid
@@ -259,7 +260,7 @@ class Placement:
             )
         except PlacementError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, ReplicaIdError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PlacementError(f"malformed placement document: {exc!r}") from None
 
 
@@ -338,13 +339,6 @@ def _best_status(statuses: Sequence[tuple[str, Mapping[str, Any]]], leader: str 
     return main or {}
 
 
-def incarnation_of_or_zero(rid: str) -> int:
-    try:
-        return incarnation_of(rid)
-    except ReplicaIdError:
-        return 0
-
-
 def merge_routing(
     version: int,
     groups_total: int,
@@ -381,9 +375,13 @@ def merge_routing(
         groups[g] = {"replicas": replicas, "leader": leader, "term": term}
         # Each node's current replica id of g (multiraft.replica), as its
         # worker reports it: receivers drop messages from older incarnations.
-        rids = {n: st["replica_id"] for n, st in statuses
-                if isinstance(st.get("replica_id"), str) and node_of(st["replica_id"]) == n}
-        if any(incarnation_of_or_zero(r) for r in rids.values()):
+        rids = {}
+        for n, st in statuses:
+            try:
+                rids[n] = check_replica_id(st.get("replica_id"), n)
+            except ReplicaIdError:
+                continue  # an older worker, or garbage: no claim about n
+        if any(incarnation_of(r) for r in rids.values()):
             groups[g]["replica_ids"] = rids
     return {
         "version": version,

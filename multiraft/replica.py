@@ -24,7 +24,7 @@ Pure and stdlib-only: the simulator, the workers and the control plane share it.
 
 from __future__ import annotations
 
-__all__ = ["SEPARATOR", "ReplicaIdError", "incarnation_of", "node_of", "replica_id"]
+__all__ = ["SEPARATOR", "ReplicaIdError", "check_replica_id", "incarnation_of", "node_of", "replica_id"]
 
 SEPARATOR = "~"
 
@@ -53,3 +53,15 @@ def incarnation_of(rid: str) -> int:
     if not number.isdigit() or number.startswith("0") or not node:
         raise ReplicaIdError(f"malformed replica id {rid!r}: expected NODE or NODE~N (N >= 1)")
     return int(number)
+
+
+def check_replica_id(value: object, node: str | None = None) -> str:
+    """`value` if it is a well-formed replica id (of `node`, when given);
+    ReplicaIdError otherwise. For ids that arrive from outside: a config,
+    a routing table, a control frame, a file."""
+    if not isinstance(value, str):
+        raise ReplicaIdError(f"a replica id must be a string, not {type(value).__name__}")
+    incarnation_of(value)
+    if node is not None and node_of(value) != node:
+        raise ReplicaIdError(f"{value!r} is not a replica id of node {node}")
+    return value

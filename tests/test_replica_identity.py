@@ -115,3 +115,12 @@ def test_a_format_1_placement_is_migrated_conservatively():
     assert set(p.tombstones) == set(range(6)) - placed
     missing = min(set(range(6)) - placed)
     assert p.with_group(missing, 0).replica_of(missing) == "n1~1"
+
+
+def test_check_replica_id_refuses_what_is_not_an_id_of_the_node():
+    from multiraft.replica import check_replica_id
+
+    assert check_replica_id("n3~2", "n3") == "n3~2" and check_replica_id("n3") == "n3"
+    for bad, node in ((7, None), ("n3~0", None), ("n3~x", "n3"), ("n2~1", "n3"), (None, "n3")):
+        with pytest.raises(ReplicaIdError):
+            check_replica_id(bad, node)

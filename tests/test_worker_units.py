@@ -201,3 +201,17 @@ def test_every_config_key_the_coordinator_sends_is_accepted():
 
     sent = set(getattr(protocol, "WORKER_CONFIG_KEYS", ()))
     assert sent <= {f.name for f in attrs.fields(WorkerConfig)}
+
+
+def test_a_not_leader_hint_names_the_leaders_node_not_its_replica_id() -> None:
+    """Clients route to nodes; a leader may be a later incarnation (n3~2:
+    multiraft.replica). Every not_leader answer passes Connection.respond."""
+    from workers.client_server import Connection
+
+    conn = Connection(None)  # type: ignore[arg-type]  # respond() only queues
+    conn.respond(1, protocol.NOT_LEADER, "n3~2")
+    conn.respond(2, protocol.NOT_LEADER, None)
+    conn.respond(3, protocol.OK, {"leader": "n3~2"})  # other answers are left alone
+    buf = protocol.FrameBuffer()
+    buf.feed(b"".join(conn.out))
+    assert [f[2] for f in buf.frames()] == ["n3", None, {"leader": "n3~2"}]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from multiraft import protocol
+from multiraft.replica import node_of
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -50,6 +51,10 @@ class Connection:
         """Queue one response (never blocks; dropped if the connection closed)."""
         if self.closed:
             return
+        if status == protocol.NOT_LEADER and isinstance(payload, str):
+            # The hint is the leader's replica id; clients route to nodes
+            # (multiraft.replica). Every not_leader answer passes here.
+            payload = node_of(payload)
         data, why = protocol.encode_response(req_id, status, payload)
         if why is not None:  # too large, or a value cbor2 refuses: "error" instead
             self.counters["client_answers_unencodable"] = self.counters.get("client_answers_unencodable", 0) + 1

@@ -93,7 +93,7 @@ from typing import Any
 
 import attrs
 
-from multiraft.replica import ReplicaIdError, incarnation_of, node_of
+from multiraft.replica import ReplicaIdError, check_replica_id
 from storage.options import FileStorageOptions
 
 __all__ = ["Limits", "WorkerConfig", "WorkerConfigError"]
@@ -325,10 +325,7 @@ def _parse_replica_ids(value: Any, groups: dict[int, tuple[str, ...]], node_id: 
         if g is None or g not in groups:
             raise WorkerConfigError(f"replica_ids: group {key!r} is not one of this worker's groups")
         try:
-            ok = isinstance(rid, str) and node_of(rid) == node_id and incarnation_of(rid) >= 0
+            out[g] = check_replica_id(rid, node_id)
         except ReplicaIdError as exc:
             raise WorkerConfigError(f"replica_ids: group {g}: {exc}") from None
-        if not ok:
-            raise WorkerConfigError(f"replica_ids: group {g}: {rid!r} is not a replica id of node {node_id}")
-        out[g] = rid
     return out

@@ -26,7 +26,7 @@ import json
 import os
 from pathlib import Path
 
-from multiraft.replica import ReplicaIdError, incarnation_of
+from multiraft.replica import check_replica_id
 
 __all__ = ["IDENTITY_FILE", "IdentityError", "load_identities", "save_identities"]
 
@@ -54,14 +54,11 @@ def load_identities(data_dir: str | Path) -> dict[int, str] | None:
             raise IdentityError(f"{path}: unsupported format {doc.get('format')!r} (expected {IDENTITY_FORMAT})")
         out = {}
         for key, rid in doc["replicas"].items():
-            if not isinstance(rid, str):
-                raise ValueError(f"replica id {rid!r} is not a string")
-            incarnation_of(rid)
-            out[int(key)] = rid
+            out[int(key)] = check_replica_id(rid)
         return out
     except IdentityError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, ReplicaIdError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ReplicaIdError is a ValueError
         raise IdentityError(f"{path} is malformed: {exc}") from None
 
 

@@ -33,7 +33,7 @@ from multiraft.raft.errors import Busy, ConfChangeRejected, LogDoesNotFollowSnap
 from multiraft.raft.log import check_follows_snapshot
 from multiraft.raft.state import RaftState
 from multiraft.raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta, StateRole
-from multiraft.replica import SEPARATOR, ReplicaIdError, incarnation_of, node_of
+from multiraft.replica import SEPARATOR, ReplicaIdError, check_replica_id, node_of
 from storage import GroupWrite, StorageError
 
 from .group import Group, leader_hint
@@ -68,13 +68,13 @@ def handle_admin(worker: Worker, conn: Connection, req: AdminRequest) -> None:
         return
     raft = g.raft
     if g.failed is not None or raft.role != StateRole.LEADER:
-        conn.respond(req.req_id, protocol.NOT_LEADER, None if g.failed else leader_hint(raft.leader))
+        conn.respond(req.req_id, protocol.NOT_LEADER, None if g.failed else raft.leader)
         return
     if req.op == "transfer_leader":
         try:
             raft.transfer_leader(_member(raft.conf, req.node))
         except NotLeader as exc:
-            conn.respond(req.req_id, protocol.NOT_LEADER, leader_hint(exc.leader))
+            conn.respond(req.req_id, protocol.NOT_LEADER, exc.leader)
             return
         except RaftError as exc:
             conn.respond(req.req_id, protocol.ERROR, str(exc))
@@ -91,7 +91,7 @@ def handle_admin(worker: Worker, conn: Connection, req: AdminRequest) -> None:
         )
         index = raft.propose_conf_change(cc)
     except NotLeader as exc:
-        conn.respond(req.req_id, protocol.NOT_LEADER, leader_hint(exc.leader))
+        conn.respond(req.req_id, protocol.NOT_LEADER, exc.leader)
         return
     except Busy as exc:
         conn.respond(req.req_id, protocol.BUSY, exc.reason)
@@ -141,14 +141,10 @@ async def group_op(worker: Worker, op: str, gid: Any, data: Any = None) -> dict:
     if op not in GROUP_OPS:
         return {"ok": False, "error": f"unknown group op {op!r}"}
     if op == "add_group":
-        rid = worker.node_id if data is None else data
         try:
-            if not isinstance(rid, str) or node_of(rid) != worker.node_id:
-                raise ReplicaIdError(f"{rid!r} is not a replica id of node {worker.node_id}")
-            incarnation_of(rid)
+            data = check_replica_id(worker.node_id if data is None else data, worker.node_id)
         except ReplicaIdError as exc:
             return {"ok": False, "error": str(exc)}
-        data = rid
     if type(gid) is not int or not 0 <= gid < worker.config.groups_total:
         return {"ok": False, "error": f"bad group id {gid!r}"}
     done = trio.Event()
@@ -300,11 +296,8 @@ async def _import(worker: Worker, gid: int, data: Any) -> dict:
             index, sterm, conf, sm_data = data["snapshot"]
             snap = Snapshot(SnapshotMeta(int(index), int(sterm), ConfState.from_plain(conf)), bytes(sm_data))
         entries = tuple(Entry(int(t), int(i), int(ty), bytes(d)) for t, i, ty, d in data["entries"])
-        rid = data.get("replica_id", worker.node_id)
-        if not isinstance(rid, str) or node_of(rid) != worker.node_id:
-            raise ValueError(f"replica id {rid!r} is not one of node {worker.node_id}")
-        incarnation_of(rid)
-    except (KeyError, TypeError, ValueError) as exc:
+        rid = check_replica_id(data.get("replica_id", worker.node_id), worker.node_id)
+    except (KeyError, TypeError, ValueError) as exc:  # ReplicaIdError is a ValueError
         raise _OpError(f"malformed group state: {exc!r}") from None
     if gid in worker.groups:
         raise _OpError(f"group {gid} is already on this worker")

@@ -62,7 +62,7 @@ from multiraft.raft.types import (
     Snapshot,
     StateRole,
 )
-from multiraft.replica import ReplicaIdError, incarnation_of, node_of
+from multiraft.replica import ReplicaIdError, check_replica_id, incarnation_of, node_of
 from multiraft.wire import worker_address
 from storage import GroupWrite, SegmentedLog, SnapshotStore, StorageError
 from storage.recovery import recover_group
@@ -70,7 +70,7 @@ from storage.recovery import recover_group
 from . import membership
 from .client_server import ClientServer, Connection
 from .config import WorkerConfig, WorkerConfigError, parse_host_port
-from .group import Group, Request, leader_hint
+from .group import Group, Request
 from .identity import IdentityError, load_identities, save_identities
 from .requests import AdminRequest, BadRequest, PingRequest, ReadRequest, parse_request, write_payload
 
@@ -355,6 +355,7 @@ class Worker:
             raise WorkerError(str(exc)) from None
         if stored is None:  # before replica ids: every stored replica was incarnation 0
             stored = {g: self.node_id for g in cfg.groups}
+        stale = []
         for gid in cfg.groups:
             rid = cfg.replica_id(gid)
             had = stored.get(gid)
@@ -364,15 +365,19 @@ class Worker:
                         "%s: group %d: deleting the stored data of retired replica %s (this node now hosts %s)",
                         self.address, gid, had, rid,
                     )
-                self._wipe_group_data(gid)
+                stale.append(gid)
+        if stale:
+            self._wipe_group_data(*stale)
         self.identities = {g: cfg.replica_id(g) for g in cfg.groups}
         save_identities(cfg.data_dir, self.identities, sync=cfg.sync_on_write)
 
-    def _wipe_group_data(self, gid: int) -> None:
-        """Blocking: delete the group's log records and snapshot."""
+    def _wipe_group_data(self, *gids: int) -> None:
+        """Blocking: delete these groups' log records (one write, one fsync)
+        and snapshots."""
         assert self.log is not None and self.snapshots is not None
-        self.log.write([GroupWrite(gid, remove=True)], sync=self.config.sync_on_write)
-        self.snapshots.delete_snapshot(gid)
+        self.log.write([GroupWrite(gid, remove=True) for gid in gids], sync=self.config.sync_on_write)
+        for gid in gids:
+            self.snapshots.delete_snapshot(gid)
 
     def _load_state(self) -> dict[int, tuple | LogDoesNotFollowSnapshot]:
         """Blocking: each configured group's (hard state, snapshot, entries),
@@ -527,13 +532,12 @@ class Worker:
             if not isinstance(rids, dict):
                 raise RoutingError(f"group {gid}: 'replica_ids' must be a map of node id -> replica id")
             for node, rid in rids.items():
+                if not isinstance(node, str):
+                    raise RoutingError(f"group {gid}: replica_ids: node id {node!r} is not a string")
                 try:
-                    ok = isinstance(node, str) and isinstance(rid, str) and node_of(rid) == node
-                    number = incarnation_of(rid) if ok else 0
-                except ReplicaIdError:
-                    ok = False
-                if not ok:
-                    raise RoutingError(f"group {gid}: bad replica id {rid!r} of node {node!r}")
+                    number = incarnation_of(check_replica_id(rid, node))
+                except ReplicaIdError as exc:
+                    raise RoutingError(f"group {gid}: bad replica id of node {node!r}: {exc}") from None
                 if number and node != self.node_id:
                     incarnations[node] = number
             replicas = entry.get("replicas") if isinstance(entry, dict) else None
@@ -861,7 +865,7 @@ class Worker:
                             self._respond(req, status, payload)
                         else:
                             counters["writes_overwritten"] += 1
-                            self._respond(req, protocol.NOT_LEADER, leader_hint(raft.leader))
+                            self._respond(req, protocol.NOT_LEADER, raft.leader)
             counters["entries_applied"] += len(rd.committed_entries)
             applied = rd.committed_entries[-1].index
         if rd.read_states:
@@ -917,7 +921,7 @@ class Worker:
         """Answer not_leader to every read still waiting for its read index."""
         reads, g.reads = g.reads, {}
         self.counters["reads_failed_leadership"] += len(reads)
-        leader = leader_hint(g.raft.leader)
+        leader = g.raft.leader
         for req in reads.values():
             self._respond(req, protocol.NOT_LEADER, leader)
 
@@ -999,7 +1003,7 @@ class Worker:
             except NotLeader as exc:
                 counters["client_not_leader"] += len(reqs)
                 for r in reqs:
-                    self._respond(r, protocol.NOT_LEADER, leader_hint(exc.leader))
+                    self._respond(r, protocol.NOT_LEADER, exc.leader)
                 continue
             except Busy:
                 counters["client_busy"] += len(reqs)
@@ -1017,7 +1021,7 @@ class Worker:
                 if old is not None:
                     # Our log was cut below this index: that entry is gone.
                     counters["writes_overwritten"] += 1
-                    self._respond(old, protocol.NOT_LEADER, leader_hint(raft.leader))
+                    self._respond(old, protocol.NOT_LEADER, raft.leader)
                 waiters[index] = r
             counters["proposals"] += len(reqs)
             counters["proposal_batches"] += 1
@@ -1052,7 +1056,7 @@ class Worker:
         raft = g.raft
         if g.failed is not None or raft.role != _LEADER:
             counters["client_not_leader"] += 1
-            conn.respond(req.req_id, protocol.NOT_LEADER, None if g.failed else leader_hint(raft.leader))
+            conn.respond(req.req_id, protocol.NOT_LEADER, None if g.failed else raft.leader)
             return
         if self._pending >= self.limits.pending_requests_max or self._stopping:
             counters["client_busy"] += 1
@@ -1069,7 +1073,7 @@ class Worker:
                 raft.read_index(ctx, lease=req.lease and self.lease_reads, now=trio.current_time())
             except NotLeader as exc:
                 counters["client_not_leader"] += 1
-                conn.respond(req.req_id, protocol.NOT_LEADER, leader_hint(exc.leader))
+                conn.respond(req.req_id, protocol.NOT_LEADER, exc.leader)
                 return
             except Busy:
                 counters["client_busy"] += 1
